@@ -1,0 +1,31 @@
+/* The only way lib/ touches a word another process may write: explicit
+ * memory orders on the __atomic builtins (liburing's barrier.h idea). */
+#ifndef MMIPC_ATOMICS_H
+#define MMIPC_ATOMICS_H
+
+#define mmipc__load_relaxed(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define mmipc__load_acquire(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define mmipc__store_relaxed(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+#define mmipc__store_release(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#define mmipc__fetch_add(p, v) __atomic_fetch_add((p), (v), __ATOMIC_RELAXED)
+#define mmipc__cas(p, expp, desired)                                                          \
+    __atomic_compare_exchange_n((p), (expp), (desired), 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)
+#define mmipc__fence() __atomic_thread_fence(__ATOMIC_SEQ_CST)
+#define mmipc__fence_acquire() __atomic_thread_fence(__ATOMIC_ACQUIRE)
+
+/* A counter only its lock holder writes: a plain increment, but through
+ * atomics so lock-free readers (stat) never see a torn value. */
+#define mmipc__bump(p) mmipc__store_relaxed((p), mmipc__load_relaxed(p) + 1)
+
+static inline void mmipc__cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#else
+    __asm__ __volatile__("" ::: "memory");
+#endif
+}
+
+#endif

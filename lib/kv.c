@@ -1,0 +1,596 @@
+/*
+ * kv tables: fixed slots, string keys, versioned values, crash-safe.
+ *
+ * Open addressing with linear probing.  Each slot holds one word and two
+ * halves (copies of key + value).  Writers serialise on the table lock, fill
+ * the INACTIVE half and publish it with one release store of the word, which
+ * carries a change count, the active half and the slot state (EMPTY, LIVE,
+ * TOMB).  Consequences:
+ *   - a writer killed at any instant leaves the active half untouched: the
+ *     key holds the old value or the new one, never a torn one, and there is
+ *     nothing to repair;
+ *   - readers take no lock: load word, copy the active half, load word again;
+ *     equal words mean the copy is exact (a writer can only touch that half
+ *     after a publish, which changes the word).
+ * Deleted slots become tombstones so probe chains stay intact; a tombstone
+ * whose successor is EMPTY is itself turned back to EMPTY (no live key's
+ * chain can run through it), so churn does not fill the table with them.
+ * Versions come from one counter per table, so they are unique and never
+ * reused (no ABA for cas or wait).
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define UNTIMED_LOCK_MS 5000 /* calls without a timeout give up on a stopped peer after this */
+#define READ_RETRIES 1000    /* lock-free read attempts before reading under the lock */
+
+struct mmipc_kv {
+    struct mmipc__handle h;
+    mmipc_region *r;
+    struct mmipc__kv *t;
+    uint8_t *slots;
+    uint32_t nslots;
+    uint64_t value_max, half_size, slot_size;
+};
+
+struct geometry {
+    uint32_t nslots;
+    uint64_t value_max, half_size, slot_size, total;
+};
+
+static void geometry_of(uint32_t nslots, uint64_t value_max, struct geometry *g)
+{
+    g->nslots = nslots;
+    g->value_max = value_max;
+    g->half_size = sizeof(struct mmipc__kv_half) + mmipc__round_up(value_max, 8);
+    g->slot_size = mmipc__round_up(MMIPC__KV_SLOT_HDR + 2 * g->half_size, MMIPC__LINE);
+    g->total = MMIPC__KV_SLOTS_OFF + (uint64_t)nslots * g->slot_size;
+}
+
+static int kv_geometry(const uint8_t *obj, uint64_t size, struct geometry *g)
+{
+    const struct mmipc__kv *t = (const struct mmipc__kv *)obj;
+    if (size < MMIPC__KV_SLOTS_OFF)
+        return -EBADMSG;
+    uint32_t magic = mmipc__load_relaxed(&t->magic);
+    uint32_t n = mmipc__load_relaxed(&t->slots);
+    uint64_t vmax = mmipc__load_relaxed(&t->value_max);
+    if (magic != MMIPC__KV_MAGIC || n == 0 || n > MMIPC__KV_MAX_SLOTS || vmax > MMIPC__KV_MAX_VALUE)
+        return -EBADMSG;
+    geometry_of(n, vmax, g);
+    if (mmipc__load_relaxed(&t->slot_size) != g->slot_size ||
+        mmipc__load_relaxed(&t->slots_off) != MMIPC__KV_SLOTS_OFF || g->total > size)
+        return -EBADMSG;
+    return 0;
+}
+
+static uint32_t key_hash(const char *key, size_t len)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)key[i];
+        h *= 16777619u;
+    }
+    return h;
+}
+
+static uint64_t *word_of(mmipc_kv *kv, uint32_t i)
+{
+    return (uint64_t *)(kv->slots + (uint64_t)i * kv->slot_size);
+}
+
+static struct mmipc__kv_half *half_of(mmipc_kv *kv, uint32_t i, unsigned which)
+{
+    return (struct mmipc__kv_half *)(kv->slots + (uint64_t)i * kv->slot_size + MMIPC__KV_SLOT_HDR +
+                                     which * kv->half_size);
+}
+
+/* ---------------------------------------------------------------- reading */
+
+/* A consistent copy of one slot. */
+struct snap {
+    uint64_t word;
+    uint32_t state;
+    uint64_t version;
+    uint32_t val_len, key_len, hash;
+    char key[MMIPC_KEY_MAX + 1];
+};
+
+enum { SNAP_OK = 0, SNAP_BAD = -EBADMSG, SNAP_BUSY = -EAGAIN };
+
+/*
+ * Copy slot i.  If want_key is given, the value is copied only when the key
+ * matches (into buf when it fits in cap); with all_values, always.  `stable`:
+ * the table lock is held, so one pass is exact.  Returns SNAP_OK, SNAP_BAD or
+ * SNAP_BUSY (kept changing).  *match says whether the key matched.
+ */
+static int snap_slot(mmipc_kv *kv, uint32_t i, const char *want_key, size_t want_len, uint32_t want_hash, void *buf,
+                     size_t cap, int all_values, int stable, struct snap *s, int *match)
+{
+    uint64_t *wp = word_of(kv, i);
+    for (int attempt = 0; attempt < (stable ? 1 : READ_RETRIES); attempt++) {
+        uint64_t w1 = mmipc__load_acquire(wp);
+        int bad = 0;
+        s->word = w1;
+        s->state = MMIPC__KV_WORD_STATE(w1);
+        *match = 0;
+        if (s->state == MMIPC__KV_EMPTY)
+            return SNAP_OK;
+        if (s->state != MMIPC__KV_LIVE && s->state != MMIPC__KV_TOMB)
+            return SNAP_BAD;
+        struct mmipc__kv_half *hf = half_of(kv, i, MMIPC__KV_WORD_HALF(w1));
+        s->version = mmipc__load_relaxed(&hf->version);
+        s->val_len = mmipc__load_relaxed(&hf->val_len);
+        s->key_len = mmipc__load_relaxed(&hf->key_len);
+        s->hash = mmipc__load_relaxed(&hf->hash);
+        if (s->state == MMIPC__KV_LIVE) {
+            if (s->key_len == 0 || s->key_len > MMIPC_KEY_MAX || s->val_len > kv->value_max)
+                bad = 1;
+            else {
+                memcpy(s->key, hf->key, s->key_len);
+                s->key[s->key_len] = '\0';
+                if (want_key != NULL)
+                    *match = s->hash == want_hash && s->key_len == want_len && memcmp(s->key, want_key, want_len) == 0;
+                if ((*match || all_values) && buf != NULL && s->val_len <= cap && s->val_len != 0)
+                    memcpy(buf, (const uint8_t *)hf + sizeof *hf, s->val_len);
+            }
+        }
+        mmipc__fence_acquire();
+        if (mmipc__load_relaxed(wp) == w1) {
+            if (bad)
+                return SNAP_BAD;
+            if (*match == 0 && want_key != NULL && s->state == MMIPC__KV_LIVE && s->key_len == want_len &&
+                memcmp(s->key, want_key, want_len) == 0)
+                return SNAP_BAD; /* right key, wrong hash: scribbled */
+            return SNAP_OK;
+        }
+        mmipc__cpu_relax();
+    }
+    return SNAP_BUSY;
+}
+
+/*
+ * Find key.  Returns the slot index (>= 0) with *s filled and the value
+ * copied into buf if it fits, -ENOENT (with *free_slot = first usable slot
+ * for an insert, or -1), -EBADMSG, or -EAGAIN (a slot kept changing).
+ */
+static int64_t lookup(mmipc_kv *kv, const char *key, size_t klen, uint32_t hash, void *buf, size_t cap, int stable,
+                      struct snap *s, int64_t *free_slot)
+{
+    int64_t first_free = -1;
+    uint32_t start = hash % kv->nslots;
+    for (uint32_t n = 0; n < kv->nslots; n++) {
+        uint32_t i = (start + n) % kv->nslots;
+        int match;
+        int rc = snap_slot(kv, i, key, klen, hash, buf, cap, 0, stable, s, &match);
+        if (rc != SNAP_OK)
+            return rc;
+        if (s->state == MMIPC__KV_EMPTY) {
+            if (first_free < 0)
+                first_free = i;
+            break;
+        }
+        if (s->state == MMIPC__KV_TOMB) {
+            if (first_free < 0)
+                first_free = i;
+            continue;
+        }
+        if (match)
+            return i;
+    }
+    if (free_slot != NULL)
+        *free_slot = first_free;
+    return -ENOENT;
+}
+
+static void repair_kv(void *arg)
+{
+    mmipc_kv *kv = arg;
+    /* A writer died holding the lock.  It only ever wrote an inactive half
+     * (invisible) or published with one store, so there is nothing to undo. */
+    mmipc__fetch_add(&kv->t->recoveries, 1);
+}
+
+static int lock_table(mmipc_kv *kv, int timeout_ms)
+{
+    struct mmipc__deadline d;
+    mmipc__deadline_init(&d, timeout_ms);
+    int rc = mmipc__mutex_lock(&kv->t->lock.m, &d, repair_kv, kv);
+    return rc < 0 ? rc : 0;
+}
+
+/* Locked fallback for readers starved by a stream of writers. */
+static int64_t lookup_any(mmipc_kv *kv, const char *key, size_t klen, uint32_t hash, void *buf, size_t cap,
+                          struct snap *s)
+{
+    int64_t rc = lookup(kv, key, klen, hash, buf, cap, 0, s, NULL);
+    if (rc != -EAGAIN || kv->r->rdonly)
+        return rc;
+    int lrc = lock_table(kv, UNTIMED_LOCK_MS);
+    if (lrc != 0)
+        return lrc;
+    rc = lookup(kv, key, klen, hash, buf, cap, 1, s, NULL);
+    mmipc__mutex_unlock(&kv->t->lock.m);
+    return rc;
+}
+
+ssize_t mmipc_kv_get(mmipc_kv *kv, const char *key, void *buf, size_t cap, uint64_t *version)
+{
+    size_t klen;
+    struct snap s;
+    if (kv == NULL || (buf == NULL && cap != 0))
+        return -EINVAL;
+    int rc = mmipc__check_name(key, MMIPC_KEY_MAX, &klen);
+    if (rc != 0)
+        return rc;
+    int64_t at = lookup_any(kv, key, klen, key_hash(key, klen), buf, cap, &s);
+    if (at < 0)
+        return at;
+    if (s.val_len > cap)
+        return -EMSGSIZE;
+    if (version != NULL)
+        *version = s.version;
+    return (ssize_t)s.val_len;
+}
+
+/* Current version of key: 0 if absent, or -errno. */
+static int64_t current_version(mmipc_kv *kv, const char *key, size_t klen, uint32_t hash, uint64_t *v)
+{
+    struct snap s;
+    int64_t at = lookup_any(kv, key, klen, hash, NULL, 0, &s);
+    if (at == -ENOENT) {
+        *v = 0;
+        return 0;
+    }
+    if (at < 0)
+        return at;
+    *v = s.version;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- writing (table lock held) */
+
+static uint64_t next_version(mmipc_kv *kv)
+{
+    uint64_t v = mmipc__load_relaxed(&kv->t->next_version) + 1;
+    mmipc__store_relaxed(&kv->t->next_version, v);
+    return v;
+}
+
+/* Write the inactive half of slot i and publish it with one store. */
+static void publish(mmipc_kv *kv, uint32_t i, uint32_t state, uint64_t version, const char *key, size_t klen,
+                    uint32_t hash, const void *val, size_t len)
+{
+    uint64_t *wp = word_of(kv, i);
+    uint64_t w = mmipc__load_relaxed(wp);
+    unsigned next = MMIPC__KV_WORD_HALF(w) ^ 1u;
+    struct mmipc__kv_half *hf = half_of(kv, i, next);
+    mmipc__store_relaxed(&hf->version, version);
+    mmipc__store_relaxed(&hf->val_len, (uint32_t)len);
+    mmipc__store_relaxed(&hf->hash, hash);
+    mmipc__store_relaxed(&hf->key_len, (uint32_t)klen);
+    memset(hf->key, 0, sizeof hf->key);
+    memcpy(hf->key, key, klen);
+    if (len != 0)
+        memcpy((uint8_t *)hf + sizeof *hf, val, len);
+    mmipc__store_release(wp, MMIPC__KV_WORD(MMIPC__KV_WORD_COUNT(w) + 1, next, state));
+}
+
+/* After slot i became a tombstone: if the next slot is EMPTY, no live key's
+ * probe chain runs through i, so i and the tombstones just before it can
+ * become EMPTY again. */
+static void trim_tombstones(mmipc_kv *kv, uint32_t i)
+{
+    uint32_t n = kv->nslots;
+    if (MMIPC__KV_WORD_STATE(mmipc__load_relaxed(word_of(kv, (i + 1) % n))) != MMIPC__KV_EMPTY)
+        return;
+    for (uint32_t k = 0; k < n; k++) {
+        uint64_t *wp = word_of(kv, i);
+        uint64_t w = mmipc__load_relaxed(wp);
+        if (MMIPC__KV_WORD_STATE(w) != MMIPC__KV_TOMB)
+            return;
+        mmipc__store_release(wp, MMIPC__KV_WORD(MMIPC__KV_WORD_COUNT(w) + 1, MMIPC__KV_WORD_HALF(w), MMIPC__KV_EMPTY));
+        i = (i + n - 1) % n;
+    }
+}
+
+/* put/cas core.  expected: UINT64_MAX for an unconditional put. */
+static int store(mmipc_kv *kv, const char *key, uint64_t expected, const void *val, size_t len)
+{
+    size_t klen;
+    struct snap s;
+    int64_t free_slot = -1;
+    if (kv == NULL || (val == NULL && len != 0))
+        return -EINVAL;
+    int rc = mmipc__check_name(key, MMIPC_KEY_MAX, &klen);
+    if (rc != 0)
+        return rc;
+    if (kv->r->rdonly)
+        return -EPERM;
+    if (len > kv->value_max)
+        return -EMSGSIZE;
+    uint32_t hash = key_hash(key, klen);
+    rc = lock_table(kv, UNTIMED_LOCK_MS);
+    if (rc != 0)
+        return rc;
+    int64_t at = lookup(kv, key, klen, hash, NULL, 0, 1, &s, &free_slot);
+    if (at < 0 && at != -ENOENT) {
+        rc = (int)at;
+    } else if (expected != UINT64_MAX && (at >= 0 ? s.version : 0) != expected) {
+        rc = -ESTALE;
+    } else {
+        if (at < 0)
+            at = free_slot;
+        if (at < 0) {
+            rc = -ENOSPC;
+        } else {
+            publish(kv, (uint32_t)at, MMIPC__KV_LIVE, next_version(kv), key, klen, hash, val, len);
+            mmipc__fetch_add(&kv->t->puts, 1);
+        }
+    }
+    mmipc__mutex_unlock(&kv->t->lock.m);
+    if (rc == 0)
+        mmipc__cond_broadcast(&kv->t->changed);
+    return rc;
+}
+
+int mmipc_kv_put(mmipc_kv *kv, const char *key, const void *val, size_t len)
+{
+    return store(kv, key, UINT64_MAX, val, len);
+}
+
+int mmipc_kv_cas(mmipc_kv *kv, const char *key, uint64_t expected, const void *val, size_t len)
+{
+    if (expected == UINT64_MAX)
+        return -ESTALE; /* no key can have that version */
+    return store(kv, key, expected, val, len);
+}
+
+int mmipc_kv_del(mmipc_kv *kv, const char *key)
+{
+    size_t klen;
+    struct snap s;
+    if (kv == NULL)
+        return -EINVAL;
+    int rc = mmipc__check_name(key, MMIPC_KEY_MAX, &klen);
+    if (rc != 0)
+        return rc;
+    if (kv->r->rdonly)
+        return -EPERM;
+    uint32_t hash = key_hash(key, klen);
+    rc = lock_table(kv, UNTIMED_LOCK_MS);
+    if (rc != 0)
+        return rc;
+    int64_t at = lookup(kv, key, klen, hash, NULL, 0, 1, &s, NULL);
+    if (at < 0) {
+        rc = (int)at;
+    } else {
+        publish(kv, (uint32_t)at, MMIPC__KV_TOMB, next_version(kv), key, klen, hash, NULL, 0);
+        trim_tombstones(kv, (uint32_t)at);
+        mmipc__fetch_add(&kv->t->dels, 1);
+    }
+    mmipc__mutex_unlock(&kv->t->lock.m);
+    if (rc == 0)
+        mmipc__cond_broadcast(&kv->t->changed);
+    return rc;
+}
+
+int mmipc_kv_wait(mmipc_kv *kv, const char *key, uint64_t seen, int timeout_ms)
+{
+    size_t klen;
+    uint64_t v;
+    struct mmipc__deadline d;
+    if (kv == NULL)
+        return -EINVAL;
+    int rc = mmipc__check_name(key, MMIPC_KEY_MAX, &klen);
+    if (rc != 0)
+        return rc;
+    uint32_t hash = key_hash(key, klen);
+    mmipc__deadline_init(&d, timeout_ms);
+    for (;;) {
+        int64_t vr = current_version(kv, key, klen, hash, &v);
+        if (vr < 0)
+            return (int)vr;
+        if (v != seen)
+            return 0;
+        if (mmipc__deadline_passed(&d))
+            return mmipc__deadline_err(&d);
+        if (kv->r->rdonly) {
+            /* Cannot announce a sleeper in a read-only mapping: poll. */
+            struct timespec ms = {0, 5000000L};
+            nanosleep(&ms, NULL);
+            continue;
+        }
+        uint32_t seq = mmipc__cond_arm(&kv->t->changed);
+        vr = current_version(kv, key, klen, hash, &v);
+        if (vr < 0)
+            return (int)vr;
+        if (v != seen)
+            return 0;
+        rc = mmipc__cond_sleep(&kv->t->changed, seq, &d);
+        if (rc < 0)
+            return rc;
+    }
+}
+
+int mmipc_kv_foreach(mmipc_kv *kv, mmipc_kv_fn fn, void *arg)
+{
+    struct snap s;
+    if (kv == NULL || fn == NULL)
+        return -EINVAL;
+    uint8_t *buf = malloc(kv->value_max ? kv->value_max : 1);
+    if (buf == NULL)
+        return -ENOMEM;
+    int rc = 0;
+    for (uint32_t i = 0; i < kv->nslots && rc == 0; i++) {
+        int match;
+        int src = snap_slot(kv, i, NULL, 0, 0, buf, kv->value_max, 1, 0, &s, &match);
+        if (src == SNAP_BUSY)
+            continue; /* rewritten all along: the key is live, but not listable now */
+        if (src != SNAP_OK) {
+            rc = src;
+            break;
+        }
+        if (s.state != MMIPC__KV_LIVE)
+            continue;
+        rc = fn(s.key, buf, s.val_len, s.version, arg);
+    }
+    free(buf);
+    return rc;
+}
+
+int mmipc_kv_stat(mmipc_kv *kv, struct mmipc_kv_stat *st)
+{
+    if (kv == NULL || st == NULL)
+        return -EINVAL;
+    memset(st, 0, sizeof *st);
+    st->slots = kv->nslots;
+    st->value_max = kv->value_max;
+    st->puts = mmipc__load_relaxed(&kv->t->puts);
+    st->dels = mmipc__load_relaxed(&kv->t->dels);
+    st->recoveries = mmipc__load_relaxed(&kv->t->recoveries);
+    st->last_version = mmipc__load_relaxed(&kv->t->next_version);
+    for (uint32_t i = 0; i < kv->nslots; i++) {
+        uint32_t state = MMIPC__KV_WORD_STATE(mmipc__load_relaxed(word_of(kv, i)));
+        if (state == MMIPC__KV_LIVE)
+            st->used++;
+        else if (state == MMIPC__KV_TOMB)
+            st->tombstones++;
+        else if (state != MMIPC__KV_EMPTY)
+            return -EBADMSG;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- create / open */
+
+static void kv_init(void *obj, uint64_t size, void *arg)
+{
+    const struct geometry *g = arg;
+    struct mmipc__kv *t = obj;
+    memset(obj, 0, size); /* slots: EMPTY */
+    t->slots = g->nslots;
+    t->value_max = g->value_max;
+    t->slot_size = g->slot_size;
+    t->slots_off = MMIPC__KV_SLOTS_OFF;
+    mmipc__mutex_init(&t->lock.m);
+    mmipc__cond_init(&t->changed);
+    mmipc__store_release(&t->magic, MMIPC__KV_MAGIC);
+}
+
+static int kv_handle(mmipc_region *r, uint64_t off, uint64_t size, mmipc_kv **out)
+{
+    struct geometry g;
+    int rc = kv_geometry(r->base + off, size, &g);
+    if (rc != 0)
+        return rc;
+    mmipc_kv *kv = calloc(1, sizeof *kv);
+    if (kv == NULL)
+        return -ENOMEM;
+    kv->r = r;
+    kv->t = (struct mmipc__kv *)(r->base + off);
+    kv->slots = r->base + off + MMIPC__KV_SLOTS_OFF;
+    kv->nslots = g.nslots;
+    kv->value_max = g.value_max;
+    kv->half_size = g.half_size;
+    kv->slot_size = g.slot_size;
+    mmipc__track(r, &kv->h);
+    *out = kv;
+    return 0;
+}
+
+int mmipc_kv_create(mmipc_region *r, const char *name, unsigned slots, size_t value_max, mmipc_kv **out)
+{
+    struct geometry g;
+    uint64_t off;
+    if (r == NULL || out == NULL || slots == 0 || slots > MMIPC__KV_MAX_SLOTS || value_max > MMIPC__KV_MAX_VALUE)
+        return -EINVAL;
+    geometry_of(slots, value_max, &g);
+    int rc = mmipc__obj_create(r, name, MMIPC_KIND_KV, g.total, kv_init, &g, &off);
+    if (rc != 0)
+        return rc;
+    return kv_handle(r, off, g.total, out);
+}
+
+int mmipc_kv_open(mmipc_region *r, const char *name, mmipc_kv **out)
+{
+    uint64_t off, size;
+    if (r == NULL || out == NULL)
+        return -EINVAL;
+    int rc = mmipc__obj_find(r, name, MMIPC_KIND_KV, &off, &size);
+    if (rc != 0)
+        return rc;
+    return kv_handle(r, off, size, out);
+}
+
+/* ---------------------------------------------------------------- region hooks */
+
+void mmipc__kv_cold(mmipc_region *r, uint8_t *obj, uint64_t size)
+{
+    struct geometry g;
+    (void)r;
+    if (kv_geometry(obj, size, &g) != 0)
+        return;
+    struct mmipc__kv *t = (struct mmipc__kv *)obj;
+    mmipc__mutex_init(&t->lock.m);
+    mmipc__cond_init(&t->changed);
+}
+
+int mmipc__kv_check(mmipc_region *r, const char *name, uint8_t *obj, uint64_t size, mmipc_check_fn fn, void *arg)
+{
+    struct geometry g;
+    struct mmipc_kv kv;
+    int problems = 0;
+    if (kv_geometry(obj, size, &g) != 0) {
+        mmipc__report(fn, arg, name, "kv header is corrupt (magic, slots, value_max or slot size)");
+        return 1;
+    }
+    memset(&kv, 0, sizeof kv);
+    kv.r = r;
+    kv.t = (struct mmipc__kv *)obj;
+    kv.slots = obj + MMIPC__KV_SLOTS_OFF;
+    kv.nslots = g.nslots;
+    kv.value_max = g.value_max;
+    kv.half_size = g.half_size;
+    kv.slot_size = g.slot_size;
+    uint64_t last = mmipc__load_relaxed(&kv.t->next_version);
+    for (uint32_t i = 0; i < g.nslots && problems < 20; i++) {
+        struct snap s;
+        int match;
+        int rc = snap_slot(&kv, i, NULL, 0, 0, NULL, 0, 0, 0, &s, &match);
+        if (rc == SNAP_BUSY)
+            continue;
+        if (rc != SNAP_OK) {
+            mmipc__report(fn, arg, name, "slot %u is corrupt (state, key length or value length)", i);
+            problems++;
+            continue;
+        }
+        if (s.state != MMIPC__KV_LIVE)
+            continue;
+        if (s.hash != key_hash(s.key, s.key_len) || strlen(s.key) != s.key_len) {
+            mmipc__report(fn, arg, name, "slot %u: key hash does not match its key", i);
+            problems++;
+            continue;
+        }
+        if (s.version == 0 || s.version > last) {
+            mmipc__report(fn, arg, name, "slot %u: version %llu outside 1..%llu", i, (unsigned long long)s.version,
+                          (unsigned long long)last);
+            problems++;
+        }
+        /* Probe-chain integrity: no EMPTY slot between the key's home and
+         * its slot, or lookups cannot find it. */
+        for (uint32_t j = s.hash % g.nslots; j != i; j = (j + 1) % g.nslots) {
+            if (MMIPC__KV_WORD_STATE(mmipc__load_relaxed(word_of(&kv, j))) == MMIPC__KV_EMPTY) {
+                mmipc__report(fn, arg, name, "slot %u: key unreachable (empty slot %u in its probe chain)", i, j);
+                problems++;
+                break;
+            }
+        }
+    }
+    return problems;
+}

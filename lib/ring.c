@@ -1,0 +1,745 @@
+/*
+ * Rings: bounded FIFO of variable-size messages, many producers, many
+ * consumers, crash-safe.
+ *
+ * Byte positions `tail` (producers) and `head` (consumers) only grow; the
+ * buffer offset is position & mask.  Between head and tail lie records, each
+ * an 8-byte header {len, state} and its payload, never wrapping (a PAD record
+ * fills the end of the buffer instead).
+ *
+ * Producers serialise on plock.  A copy-send writes the whole record, state
+ * READY, and then publishes it with one release store of tail: a producer
+ * killed before that store published nothing, after it everything.  A
+ * zero-copy reserve publishes a RESERVED record tagged with its owner's lease
+ * and commit flips it to READY (one CAS).
+ *
+ * Consumers serialise on clock.  recv takes the first READY record: it
+ * copies it out, then either moves head past it (one release store: the
+ * instant the message leaves the ring) or, when an older record is still
+ * RESERVED or PEEKED, marks it DONE (one store).  head later moves past
+ * contiguous DONE/DISCARD/PAD records.  So an open reservation or peek never
+ * stops other messages from flowing.
+ *
+ * Reservations and peeks of dead processes (lease no longer live) are
+ * reclaimed by whoever would otherwise sleep: RESERVED -> DISCARD, PEEKED ->
+ * READY (at-least-once).  Producer and consumer words live on separate cache
+ * lines and the two sides never share a lock; they meet only through the
+ * event counts nonempty/nonfull (DESIGN.md decision 2).
+ *
+ * Every value read from the file (head, tail, record lengths and states) is
+ * checked before use; nonsense yields -EBADMSG.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define DEFAULT_SPIN_US 50
+#define UNTIMED_LOCK_MS 5000 /* calls without a timeout give up on a stopped peer after this */
+#define RECLAIM_EVERY_NS 20000000ull /* look for dead owners at most every 20 ms per handle */
+#define REC_HDR ((uint64_t)sizeof(struct mmipc__rec))
+
+struct mmipc_ring {
+    struct mmipc__handle h;
+    mmipc_region *r;
+    struct mmipc__ring *q;
+    uint8_t *data;
+    uint64_t cap, mask, max_msg;
+    unsigned spin_us;
+    int may_spin;
+    uint64_t head_cache;   /* producers' view of head (under plock) */
+    uint64_t last_reclaim; /* ns, atomic */
+};
+
+static uint64_t rec_size(uint64_t len)
+{
+    return REC_HDR + mmipc__round_up(len, 8);
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    mmipc__now(&ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static struct mmipc__rec *rec_at(mmipc_ring *q, uint64_t pos)
+{
+    return (struct mmipc__rec *)(q->data + (pos & q->mask));
+}
+
+/* ---------------------------------------------------------------- geometry */
+
+/* Validate the constant part of a ring header: 0 and the geometry, or
+ * -EBADMSG.  Used by open, cold start and check. */
+static int ring_geometry(const uint8_t *obj, uint64_t size, uint64_t *cap, uint64_t *max_msg)
+{
+    const struct mmipc__ring *h = (const struct mmipc__ring *)obj;
+    if (size < MMIPC__RING_DATA_OFF)
+        return -EBADMSG;
+    uint32_t magic = mmipc__load_relaxed(&h->magic);
+    uint64_t c = mmipc__load_relaxed(&h->capacity);
+    uint64_t m = mmipc__load_relaxed(&h->max_message);
+    uint64_t d = mmipc__load_relaxed(&h->data_off);
+    if (magic != MMIPC__RING_MAGIC || c < MMIPC__RING_MIN_CAP || c > MMIPC__RING_MAX_CAP || (c & (c - 1)) != 0 ||
+        d != MMIPC__RING_DATA_OFF || c > size - d || m != c / 2 - REC_HDR)
+        return -EBADMSG;
+    *cap = c;
+    *max_msg = m;
+    return 0;
+}
+
+/* Size of the record at pos (checked against the buffer end and the limit
+ * `end`), or 0 if it is corrupt.  *st receives its state. */
+static uint64_t rec_check(mmipc_ring *q, uint64_t pos, uint64_t end, uint32_t *st)
+{
+    uint64_t off = pos & q->mask;
+    struct mmipc__rec *rec = (struct mmipc__rec *)(q->data + off);
+    uint32_t state = mmipc__load_acquire(&rec->state);
+    uint64_t len = mmipc__load_relaxed(&rec->len);
+    uint64_t size;
+    if (q->cap - off < REC_HDR)
+        return 0;
+    switch (MMIPC__REC_KIND(state)) {
+    case MMIPC__REC_PAD:
+        size = REC_HDR + len;
+        if (size != q->cap - off)
+            return 0;
+        break;
+    case MMIPC__REC_READY:
+    case MMIPC__REC_RESERVED:
+    case MMIPC__REC_PEEKED:
+    case MMIPC__REC_DONE:
+    case MMIPC__REC_DISCARD:
+        if (len > q->max_msg)
+            return 0;
+        size = rec_size(len);
+        if (size > q->cap - off)
+            return 0;
+        break;
+    default:
+        return 0;
+    }
+    if (end < pos || size > end - pos)
+        return 0;
+    *st = state;
+    return size;
+}
+
+/* Check head/tail against each other: 0 or -EBADMSG. */
+static int check_positions(mmipc_ring *q, uint64_t h, uint64_t t)
+{
+    if ((h | t) & 7u || t < h || t - h > q->cap)
+        return -EBADMSG;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- consumer side */
+
+/* Move head past contiguous finished records (consumer lock held).  Returns
+ * 1 if head moved, 0 if not, -EBADMSG. */
+static int advance_head(mmipc_ring *q, uint64_t h, uint64_t t)
+{
+    uint64_t p = h;
+    while (p < t) {
+        uint32_t st;
+        uint64_t size = rec_check(q, p, t, &st);
+        if (size == 0)
+            return -EBADMSG;
+        uint32_t k = MMIPC__REC_KIND(st);
+        if (k != MMIPC__REC_DONE && k != MMIPC__REC_DISCARD && k != MMIPC__REC_PAD)
+            break;
+        p += size;
+    }
+    if (p == h)
+        return 0;
+    mmipc__store_release(&q->q->head, p);
+    return 1;
+}
+
+/* Give back what dead owners left between head and tail (consumer lock
+ * held).  Returns bit 0: something became READY, bit 1: head moved; or
+ * -EBADMSG. */
+static int reclaim_locked(mmipc_ring *q)
+{
+    uint64_t h = mmipc__load_relaxed(&q->q->head);
+    uint64_t t = mmipc__load_acquire(&q->q->tail);
+    int out = 0;
+    if (check_positions(q, h, t) != 0)
+        return -EBADMSG;
+    for (uint64_t p = h; p < t;) {
+        uint32_t st;
+        uint64_t size = rec_check(q, p, t, &st);
+        if (size == 0)
+            return -EBADMSG;
+        uint32_t k = MMIPC__REC_KIND(st);
+        if ((k == MMIPC__REC_RESERVED || k == MMIPC__REC_PEEKED) && !mmipc__owner_alive(q->r, st & 0x0fffffffu)) {
+            uint32_t want = st;
+            uint32_t to = k == MMIPC__REC_RESERVED ? MMIPC__REC_DISCARD : MMIPC__REC_READY;
+            if (__atomic_compare_exchange_n(&rec_at(q, p)->state, &want, to, 0, __ATOMIC_ACQ_REL,
+                                            __ATOMIC_ACQUIRE)) {
+                mmipc__fetch_add(&q->q->recoveries, 1);
+                if (to == MMIPC__REC_READY)
+                    out |= 1;
+            }
+        }
+        p += size;
+    }
+    int moved = advance_head(q, h, t);
+    if (moved < 0)
+        return moved;
+    return out | (moved ? 2 : 0);
+}
+
+static void repair_consumer(void *arg)
+{
+    mmipc_ring *q = arg;
+    /* A consumer died holding clock.  Everything it did was a single store
+     * (head, or a record state), so the ring is consistent; only head may
+     * still sit on records it already finished. */
+    uint64_t h = mmipc__load_relaxed(&q->q->head);
+    uint64_t t = mmipc__load_acquire(&q->q->tail);
+    if (check_positions(q, h, t) == 0)
+        advance_head(q, h, t);
+    mmipc__fetch_add(&q->q->recoveries, 1);
+}
+
+static void repair_producer(void *arg)
+{
+    mmipc_ring *q = arg;
+    /* A producer died holding plock.  Records are published by the tail
+     * store, so anything it wrote past tail is simply not there; a RESERVED
+     * record it published is reclaimed like any abandoned reservation. */
+    mmipc__fetch_add(&q->q->recoveries, 1);
+}
+
+/* Reclaim when we would otherwise sleep, rate-limited per handle.  Takes the
+ * consumer lock with d's lock deadline; returns reclaim_locked's value, 0 if
+ * skipped, or a lock error. */
+static int maybe_reclaim(mmipc_ring *q, const struct mmipc__deadline *d, int consumer_locked)
+{
+    uint64_t now = now_ns(), last = __atomic_load_n(&q->last_reclaim, __ATOMIC_RELAXED);
+    if (now - last < RECLAIM_EVERY_NS && last != 0)
+        return 0;
+    __atomic_store_n(&q->last_reclaim, now, __ATOMIC_RELAXED);
+    if (consumer_locked)
+        return reclaim_locked(q);
+    int rc = mmipc__mutex_lock(&q->q->clock.m, d, repair_consumer, q);
+    if (rc < 0)
+        return rc;
+    rc = reclaim_locked(q);
+    mmipc__mutex_unlock(&q->q->clock.m);
+    if (rc > 0) {
+        if (rc & 1)
+            mmipc__cond_broadcast(&q->q->nonempty);
+        if (rc & 2)
+            mmipc__cond_broadcast(&q->q->nonfull);
+    }
+    return rc;
+}
+
+/* Find the first READY record (consumer lock held).  Returns 1 with its
+ * position and length, 0 if none (*blocked set if a RESERVED/PEEKED record
+ * stands in the way), or -EBADMSG. */
+static int find_ready(mmipc_ring *q, uint64_t *pos, uint64_t *len, uint64_t *size, int *blocked)
+{
+    uint64_t h = mmipc__load_relaxed(&q->q->head);
+    uint64_t t = mmipc__load_acquire(&q->q->tail);
+    if (check_positions(q, h, t) != 0)
+        return -EBADMSG;
+    *blocked = 0;
+    for (uint64_t p = h; p < t;) {
+        uint32_t st;
+        uint64_t sz = rec_check(q, p, t, &st);
+        if (sz == 0)
+            return -EBADMSG;
+        uint32_t k = MMIPC__REC_KIND(st);
+        if (k == MMIPC__REC_READY) {
+            *pos = p;
+            *len = mmipc__load_relaxed(&rec_at(q, p)->len);
+            *size = sz;
+            return 1;
+        }
+        if (k == MMIPC__REC_RESERVED || k == MMIPC__REC_PEEKED)
+            *blocked = 1;
+        p += sz;
+    }
+    return 0;
+}
+
+/* Spin (without any lock) until `*word` differs from `seen` or the spin
+ * budget is spent.  Returns 1 if it changed. */
+static int spin_until_changed(mmipc_ring *q, const uint64_t *word, uint64_t seen, const uint64_t *word2,
+                              uint64_t seen2)
+{
+    if (!q->may_spin || q->spin_us == 0)
+        return 0;
+    uint64_t end = now_ns() + (uint64_t)q->spin_us * 1000u;
+    for (unsigned i = 1;; i++) {
+        if (mmipc__load_relaxed(word) != seen || mmipc__load_relaxed(word2) != seen2)
+            return 1;
+        mmipc__cpu_relax();
+        if ((i & 63u) == 0 && now_ns() >= end)
+            return 0;
+    }
+}
+
+enum take_mode { TAKE_COPY, TAKE_PEEK };
+
+/* The consumer half of recv and peek. */
+static ssize_t consume(mmipc_ring *q, void *buf, size_t cap, const void **ptr, enum take_mode mode, int timeout_ms)
+{
+    struct mmipc__deadline d;
+    uint32_t owner = 0;
+    int counted_wait = 0, rc;
+    if (q->r->rdonly)
+        return -EPERM;
+    if (mode == TAKE_PEEK && (rc = mmipc__owner(q->r, &owner)) != 0)
+        return rc;
+    mmipc__deadline_init(&d, timeout_ms);
+    for (;;) {
+        rc = mmipc__mutex_lock(&q->q->clock.m, &d, repair_consumer, q);
+        if (rc < 0)
+            return rc;
+        uint64_t pos, len, size;
+        int blocked;
+        int found = find_ready(q, &pos, &len, &size, &blocked);
+        if (found == 0 && blocked) {
+            int rr = maybe_reclaim(q, &d, 1);
+            if (rr > 0)
+                found = find_ready(q, &pos, &len, &size, &blocked);
+        }
+        if (found < 0) {
+            mmipc__mutex_unlock(&q->q->clock.m);
+            return found;
+        }
+        if (found == 1) {
+            struct mmipc__rec *rec = rec_at(q, pos);
+            uint8_t *payload = (uint8_t *)rec + REC_HDR;
+            int moved = 0;
+            if (mode == TAKE_COPY) {
+                if (len > cap) {
+                    mmipc__mutex_unlock(&q->q->clock.m);
+                    return -EMSGSIZE;
+                }
+                if (len != 0)
+                    memcpy(buf, payload, len);
+                uint64_t h = mmipc__load_relaxed(&q->q->head);
+                if (pos == h) {
+                    /* The instant the message leaves the ring. */
+                    mmipc__store_release(&q->q->head, pos + size);
+                    uint64_t t = mmipc__load_acquire(&q->q->tail);
+                    if (advance_head(q, pos + size, t) < 0) {
+                        /* a later record is corrupt; ours is taken all the same */
+                    }
+                    moved = 1;
+                } else {
+                    /* Older records are still open, or a PAD stands first. */
+                    mmipc__store_release(&rec->state, MMIPC__REC_DONE);
+                    moved = advance_head(q, h, mmipc__load_acquire(&q->q->tail)) > 0;
+                }
+                mmipc__fetch_add(&q->q->received, 1);
+            } else {
+                mmipc__store_release(&rec->state, MMIPC__REC_PEEKED | owner);
+                *ptr = payload;
+            }
+            mmipc__mutex_unlock(&q->q->clock.m);
+            if (moved)
+                mmipc__cond_broadcast(&q->q->nonfull);
+            return (ssize_t)len;
+        }
+        /* Nothing to take. */
+        uint64_t t_seen = mmipc__load_relaxed(&q->q->tail);
+        uint64_t s_seen = mmipc__load_relaxed(&q->q->sent);
+        if (mmipc__deadline_passed(&d)) {
+            mmipc__mutex_unlock(&q->q->clock.m);
+            return mmipc__deadline_err(&d);
+        }
+        mmipc__mutex_unlock(&q->q->clock.m);
+        if (spin_until_changed(q, &q->q->tail, t_seen, &q->q->sent, s_seen))
+            continue;
+        /* Sleep: arm, then re-check under the lock (Dekker with the
+         * producer's publish + broadcast), then sleep one slice. */
+        rc = mmipc__mutex_lock(&q->q->clock.m, &d, repair_consumer, q);
+        if (rc < 0)
+            return rc;
+        uint32_t seq = mmipc__cond_arm(&q->q->nonempty);
+        found = find_ready(q, &pos, &len, &size, &blocked);
+        mmipc__mutex_unlock(&q->q->clock.m);
+        if (found != 0)
+            continue; /* data arrived (or corruption: reported on the next pass) */
+        if (!counted_wait) {
+            counted_wait = 1;
+            mmipc__fetch_add(&q->q->recv_waits, 1);
+        }
+        rc = mmipc__cond_sleep(&q->q->nonempty, seq, &d);
+        if (rc < 0)
+            return rc;
+        if (blocked)
+            maybe_reclaim(q, &d, 0);
+    }
+}
+
+ssize_t mmipc_ring_recv(mmipc_ring *q, void *buf, size_t cap, int timeout_ms)
+{
+    if (q == NULL || (buf == NULL && cap != 0))
+        return -EINVAL;
+    return consume(q, buf, cap, NULL, TAKE_COPY, timeout_ms);
+}
+
+ssize_t mmipc_ring_peek(mmipc_ring *q, const void **ptr, int timeout_ms)
+{
+    if (q == NULL || ptr == NULL)
+        return -EINVAL;
+    return consume(q, NULL, 0, ptr, TAKE_PEEK, timeout_ms);
+}
+
+/* Position of the record whose payload is ptr, or -EINVAL. */
+static int rec_of_ptr(mmipc_ring *q, const void *ptr, struct mmipc__rec **rec)
+{
+    const uint8_t *p = ptr;
+    if (p < q->data + REC_HDR || p > q->data + q->cap || ((uintptr_t)p & 7u) != 0)
+        return -EINVAL;
+    *rec = (struct mmipc__rec *)(uintptr_t)(p - REC_HDR);
+    return 0;
+}
+
+int mmipc_ring_release(mmipc_ring *q, const void *ptr)
+{
+    struct mmipc__rec *rec;
+    struct mmipc__deadline d;
+    if (q == NULL || rec_of_ptr(q, ptr, &rec) != 0)
+        return -EINVAL;
+    if (q->r->rdonly)
+        return -EPERM;
+    mmipc__deadline_init(&d, UNTIMED_LOCK_MS);
+    int rc = mmipc__mutex_lock(&q->q->clock.m, &d, repair_consumer, q);
+    if (rc < 0)
+        return rc;
+    uint32_t st = mmipc__load_acquire(&rec->state);
+    if (MMIPC__REC_KIND(st) != MMIPC__REC_PEEKED || !mmipc__owner_is_me(q->r, st & 0x0fffffffu)) {
+        mmipc__mutex_unlock(&q->q->clock.m);
+        return -EINVAL;
+    }
+    mmipc__store_release(&rec->state, MMIPC__REC_DONE);
+    mmipc__fetch_add(&q->q->received, 1);
+    uint64_t h = mmipc__load_relaxed(&q->q->head);
+    uint64_t t = mmipc__load_acquire(&q->q->tail);
+    int moved = 0;
+    if (check_positions(q, h, t) == 0)
+        moved = advance_head(q, h, t) > 0;
+    mmipc__mutex_unlock(&q->q->clock.m);
+    if (moved)
+        mmipc__cond_broadcast(&q->q->nonfull);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- producer side */
+
+/* Reserve room for a record of `need` bytes: on success returns 0 with plock
+ * HELD and *pos where the record goes (a PAD record is already written if
+ * the record had to skip the end of the buffer; tail not yet moved). */
+static int produce_begin(mmipc_ring *q, uint64_t need, struct mmipc__deadline *d, uint64_t *pos, uint64_t *new_tail)
+{
+    int counted_wait = 0, rc;
+    for (;;) {
+        rc = mmipc__mutex_lock(&q->q->plock.m, d, repair_producer, q);
+        if (rc < 0)
+            return rc;
+        uint64_t t = mmipc__load_relaxed(&q->q->tail);
+        uint64_t off = t & q->mask, to_end = q->cap - off;
+        uint64_t total = need <= to_end ? need : to_end + need;
+        uint64_t h = q->head_cache;
+        if (t < h || t - h > q->cap || q->cap - (t - h) < total) {
+            h = mmipc__load_acquire(&q->q->head);
+            q->head_cache = h;
+        }
+        if ((t & 7u) != 0 || check_positions(q, h, t) != 0) {
+            mmipc__mutex_unlock(&q->q->plock.m);
+            return -EBADMSG;
+        }
+        if (q->cap - (t - h) >= total) {
+            if (need > to_end) {
+                struct mmipc__rec *pad = rec_at(q, t);
+                mmipc__store_relaxed(&pad->len, (uint32_t)(to_end - REC_HDR));
+                mmipc__store_relaxed(&pad->state, MMIPC__REC_PAD);
+                t += to_end;
+            }
+            *pos = t;
+            *new_tail = t + need;
+            return 0;
+        }
+        /* Full. */
+        if (mmipc__deadline_passed(d)) {
+            mmipc__mutex_unlock(&q->q->plock.m);
+            return mmipc__deadline_err(d);
+        }
+        mmipc__mutex_unlock(&q->q->plock.m);
+        uint64_t recv_seen = mmipc__load_relaxed(&q->q->received);
+        if (spin_until_changed(q, &q->q->head, h, &q->q->received, recv_seen))
+            continue;
+        uint32_t seq = mmipc__cond_arm(&q->q->nonfull);
+        uint64_t h2 = mmipc__load_acquire(&q->q->head);
+        if (h2 != h)
+            continue;
+        if (!counted_wait) {
+            counted_wait = 1;
+            mmipc__fetch_add(&q->q->send_waits, 1);
+        }
+        rc = mmipc__cond_sleep(&q->q->nonfull, seq, d);
+        if (rc < 0)
+            return rc;
+        /* Space may be held by a dead process's reservation or peek. */
+        rc = maybe_reclaim(q, d, 0);
+        if (rc < 0 && rc != -EBADMSG && mmipc__deadline_passed(d))
+            return rc;
+    }
+}
+
+int mmipc_ring_send(mmipc_ring *q, const void *msg, size_t len, int timeout_ms)
+{
+    struct mmipc__deadline d;
+    uint64_t pos, new_tail;
+    if (q == NULL || (msg == NULL && len != 0))
+        return -EINVAL;
+    if (q->r->rdonly)
+        return -EPERM;
+    if (len > q->max_msg)
+        return -EMSGSIZE;
+    mmipc__deadline_init(&d, timeout_ms);
+    int rc = produce_begin(q, rec_size(len), &d, &pos, &new_tail);
+    if (rc != 0)
+        return rc;
+    struct mmipc__rec *rec = rec_at(q, pos);
+    mmipc__store_relaxed(&rec->len, (uint32_t)len);
+    mmipc__store_relaxed(&rec->state, MMIPC__REC_READY);
+    if (len != 0)
+        memcpy((uint8_t *)rec + REC_HDR, msg, len);
+    /* The instant the message exists: one release store. */
+    mmipc__store_release(&q->q->tail, new_tail);
+    mmipc__fetch_add(&q->q->sent, 1);
+    mmipc__mutex_unlock(&q->q->plock.m);
+    mmipc__cond_broadcast(&q->q->nonempty);
+    return 0;
+}
+
+int mmipc_ring_reserve(mmipc_ring *q, size_t len, void **ptr, int timeout_ms)
+{
+    struct mmipc__deadline d;
+    uint64_t pos, new_tail;
+    uint32_t owner;
+    if (q == NULL || ptr == NULL)
+        return -EINVAL;
+    if (q->r->rdonly)
+        return -EPERM;
+    if (len > q->max_msg)
+        return -EMSGSIZE;
+    int rc = mmipc__owner(q->r, &owner);
+    if (rc != 0)
+        return rc;
+    mmipc__deadline_init(&d, timeout_ms);
+    rc = produce_begin(q, rec_size(len), &d, &pos, &new_tail);
+    if (rc != 0)
+        return rc;
+    struct mmipc__rec *rec = rec_at(q, pos);
+    mmipc__store_relaxed(&rec->len, (uint32_t)len);
+    mmipc__store_relaxed(&rec->state, MMIPC__REC_RESERVED | owner);
+    mmipc__store_release(&q->q->tail, new_tail);
+    mmipc__mutex_unlock(&q->q->plock.m);
+    *ptr = (uint8_t *)rec + REC_HDR;
+    return 0;
+}
+
+int mmipc_ring_commit(mmipc_ring *q, void *ptr)
+{
+    struct mmipc__rec *rec;
+    if (q == NULL || rec_of_ptr(q, ptr, &rec) != 0)
+        return -EINVAL;
+    if (q->r->rdonly)
+        return -EPERM;
+    uint32_t st = mmipc__load_acquire(&rec->state);
+    if (MMIPC__REC_KIND(st) != MMIPC__REC_RESERVED || !mmipc__owner_is_me(q->r, st & 0x0fffffffu))
+        return -EINVAL;
+    /* CAS: a reclaimer that wrongly judged us dead must not be overwritten
+     * (and we must not publish a record it already discarded). */
+    if (!__atomic_compare_exchange_n(&rec->state, &st, MMIPC__REC_READY, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        return -EINVAL;
+    mmipc__fetch_add(&q->q->sent, 1);
+    mmipc__cond_broadcast(&q->q->nonempty);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- create / open */
+
+struct ring_init {
+    uint64_t cap;
+};
+
+static void ring_init(void *obj, uint64_t size, void *arg)
+{
+    struct ring_init *ri = arg;
+    struct mmipc__ring *h = obj;
+    (void)size;
+    memset(h, 0, sizeof *h);
+    h->capacity = ri->cap;
+    h->max_message = ri->cap / 2 - REC_HDR;
+    h->data_off = MMIPC__RING_DATA_OFF;
+    mmipc__mutex_init(&h->plock.m);
+    mmipc__mutex_init(&h->clock.m);
+    mmipc__cond_init(&h->nonempty);
+    mmipc__cond_init(&h->nonfull);
+    mmipc__store_release(&h->magic, MMIPC__RING_MAGIC);
+}
+
+static int ring_handle(mmipc_region *r, uint64_t off, uint64_t size, mmipc_ring **out)
+{
+    uint64_t cap, max_msg;
+    int rc = ring_geometry(r->base + off, size, &cap, &max_msg);
+    if (rc != 0)
+        return rc;
+    mmipc_ring *q = calloc(1, sizeof *q);
+    if (q == NULL)
+        return -ENOMEM;
+    q->r = r;
+    q->q = (struct mmipc__ring *)(r->base + off);
+    q->data = r->base + off + MMIPC__RING_DATA_OFF;
+    q->cap = cap;
+    q->mask = cap - 1;
+    q->max_msg = max_msg;
+    q->spin_us = DEFAULT_SPIN_US;
+    q->may_spin = mmipc__cpus_allowed() > 1;
+    q->head_cache = mmipc__load_acquire(&q->q->head);
+    mmipc__track(r, &q->h);
+    *out = q;
+    return 0;
+}
+
+int mmipc_ring_create(mmipc_region *r, const char *name, size_t capacity, mmipc_ring **out)
+{
+    uint64_t off;
+    if (r == NULL || out == NULL)
+        return -EINVAL;
+    if (capacity > MMIPC__RING_MAX_CAP)
+        return -EINVAL;
+    uint64_t cap = MMIPC__RING_MIN_CAP;
+    while (cap < capacity)
+        cap <<= 1;
+    struct ring_init ri = {cap};
+    int rc = mmipc__obj_create(r, name, MMIPC_KIND_RING, MMIPC__RING_DATA_OFF + cap, ring_init, &ri, &off);
+    if (rc != 0)
+        return rc;
+    return ring_handle(r, off, MMIPC__RING_DATA_OFF + cap, out);
+}
+
+int mmipc_ring_open(mmipc_region *r, const char *name, mmipc_ring **out)
+{
+    uint64_t off, size;
+    if (r == NULL || out == NULL)
+        return -EINVAL;
+    int rc = mmipc__obj_find(r, name, MMIPC_KIND_RING, &off, &size);
+    if (rc != 0)
+        return rc;
+    return ring_handle(r, off, size, out);
+}
+
+int mmipc_ring_set_spin(mmipc_ring *q, unsigned spin_us)
+{
+    if (q == NULL)
+        return -EINVAL;
+    q->spin_us = spin_us;
+    return 0;
+}
+
+int mmipc_ring_stat(mmipc_ring *q, struct mmipc_ring_stat *st)
+{
+    if (q == NULL || st == NULL)
+        return -EINVAL;
+    memset(st, 0, sizeof *st);
+    st->capacity = q->cap;
+    st->max_message = q->max_msg;
+    uint64_t h = mmipc__load_acquire(&q->q->head);
+    uint64_t t = mmipc__load_acquire(&q->q->tail);
+    st->sent = mmipc__load_relaxed(&q->q->sent);
+    st->received = mmipc__load_relaxed(&q->q->received);
+    st->send_waits = mmipc__load_relaxed(&q->q->send_waits);
+    st->recv_waits = mmipc__load_relaxed(&q->q->recv_waits);
+    st->recoveries = mmipc__load_relaxed(&q->q->recoveries);
+    st->messages = st->sent > st->received ? st->sent - st->received : 0;
+    if (check_positions(q, h, t) != 0)
+        return -EBADMSG;
+    st->used = t - h;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- region hooks */
+
+void mmipc__ring_cold(mmipc_region *r, uint8_t *obj, uint64_t size)
+{
+    struct mmipc_ring q;
+    struct mmipc__ring *h = (struct mmipc__ring *)obj;
+    uint64_t cap, max_msg;
+    if (ring_geometry(obj, size, &cap, &max_msg) != 0)
+        return; /* corrupt: left alone; open and check report it */
+    memset(&q, 0, sizeof q);
+    q.r = r;
+    q.q = h;
+    q.data = obj + MMIPC__RING_DATA_OFF;
+    q.cap = cap;
+    q.mask = cap - 1;
+    q.max_msg = max_msg;
+    mmipc__mutex_init(&h->plock.m);
+    mmipc__mutex_init(&h->clock.m);
+    mmipc__cond_init(&h->nonempty);
+    mmipc__cond_init(&h->nonfull);
+    /* Nobody is attached, so every reservation and peek is abandoned; leases
+     * were all freed, so reclaim sees every owner as dead. */
+    reclaim_locked(&q);
+}
+
+int mmipc__ring_check(mmipc_region *r, const char *name, uint8_t *obj, uint64_t size, mmipc_check_fn fn, void *arg)
+{
+    struct mmipc_ring q;
+    uint64_t cap, max_msg;
+    int problems = 0;
+    if (ring_geometry(obj, size, &cap, &max_msg) != 0) {
+        mmipc__report(fn, arg, name, "ring header is corrupt (magic, capacity, data offset or max_message)");
+        return 1;
+    }
+    memset(&q, 0, sizeof q);
+    q.r = r;
+    q.q = (struct mmipc__ring *)obj;
+    q.data = obj + MMIPC__RING_DATA_OFF;
+    q.cap = cap;
+    q.mask = cap - 1;
+    q.max_msg = max_msg;
+    uint64_t h = mmipc__load_acquire(&q.q->head), t = mmipc__load_acquire(&q.q->tail);
+    if (check_positions(&q, h, t) != 0) {
+        mmipc__report(fn, arg, name, "head %llu / tail %llu inconsistent (capacity %llu)", (unsigned long long)h,
+                      (unsigned long long)t, (unsigned long long)cap);
+        return 1;
+    }
+    uint64_t ready = 0;
+    for (uint64_t p = h; p < t;) {
+        uint32_t st;
+        uint64_t sz = rec_check(&q, p, t, &st);
+        if (sz == 0) {
+            mmipc__report(fn, arg, name, "corrupt record at position %llu (offset %llu)", (unsigned long long)p,
+                          (unsigned long long)(p & q.mask));
+            problems++;
+            break;
+        }
+        if (MMIPC__REC_KIND(st) == MMIPC__REC_READY)
+            ready++;
+        p += sz;
+    }
+    uint64_t sent = mmipc__load_relaxed(&q.q->sent), received = mmipc__load_relaxed(&q.q->received);
+    if (received > sent) {
+        mmipc__report(fn, arg, name, "received count %llu exceeds sent count %llu", (unsigned long long)received,
+                      (unsigned long long)sent);
+        problems++;
+    }
+    return problems;
+}

@@ -1,0 +1,215 @@
+/* Robust mutexes, the futex event count, and clocks.  Calls nothing of ours
+ * except atomics.h (DESIGN.md: sync.c is the bottom layer). */
+#include "config.h"
+
+#include "sync.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sched.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "atomics.h"
+
+void mmipc__now(struct timespec *ts)
+{
+    clock_gettime(CLOCK_MONOTONIC, ts);
+}
+
+static void ts_add_ms(struct timespec *ts, long ms)
+{
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+static int ts_before(const struct timespec *a, const struct timespec *b)
+{
+    return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
+
+void mmipc__deadline_init(struct mmipc__deadline *d, int timeout_ms)
+{
+    d->timeout_ms = timeout_ms;
+    if (timeout_ms < 0) {
+        d->wait.tv_sec = d->lock.tv_sec = 0;
+        d->wait.tv_nsec = d->lock.tv_nsec = 0;
+        return;
+    }
+    mmipc__now(&d->wait);
+    d->lock = d->wait;
+    ts_add_ms(&d->wait, timeout_ms);
+    ts_add_ms(&d->lock, timeout_ms > MMIPC__LOCK_GRACE_MS ? timeout_ms : MMIPC__LOCK_GRACE_MS);
+}
+
+int mmipc__deadline_passed(const struct mmipc__deadline *d)
+{
+    struct timespec now;
+    if (d == NULL || d->timeout_ms < 0)
+        return 0;
+    if (d->timeout_ms == 0)
+        return 1;
+    mmipc__now(&now);
+    return !ts_before(&now, &d->wait);
+}
+
+int mmipc__deadline_err(const struct mmipc__deadline *d)
+{
+    return d != NULL && d->timeout_ms == 0 ? -EAGAIN : -ETIMEDOUT;
+}
+
+/* ---------------------------------------------------------------- mutexes */
+
+#ifdef __GLIBC__
+/* glibc keeps the mutex type in the mutex itself, i.e. in the file.  A
+ * scribbled type could turn our robust mutex into a plain one (a dead owner
+ * would then block everyone) or a PI one, so check it before every lock.
+ * The expected value is read from a mutex initialised like ours. */
+static int expected_kind = -1;
+static pthread_once_t kind_once = PTHREAD_ONCE_INIT;
+
+static void init_expected_kind(void)
+{
+    pthread_mutex_t m;
+    if (mmipc__mutex_init(&m) == 0) {
+        expected_kind = m.__data.__kind;
+        pthread_mutex_destroy(&m);
+    }
+}
+
+static int kind_ok(pthread_mutex_t *m)
+{
+    pthread_once(&kind_once, init_expected_kind);
+    return __atomic_load_n(&m->__data.__kind, __ATOMIC_RELAXED) == expected_kind;
+}
+#else
+static int kind_ok(pthread_mutex_t *m)
+{
+    (void)m;
+    return 1;
+}
+#endif
+
+int mmipc__mutex_init(pthread_mutex_t *m)
+{
+    pthread_mutexattr_t a;
+    int rc = pthread_mutexattr_init(&a);
+    if (rc != 0)
+        return -rc;
+    rc = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    if (rc == 0)
+        rc = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    if (rc == 0) {
+        memset(m, 0, sizeof *m);
+        rc = pthread_mutex_init(m, &a);
+    }
+    pthread_mutexattr_destroy(&a);
+    return -rc;
+}
+
+int mmipc__mutex_lock(pthread_mutex_t *m, const struct mmipc__deadline *d, mmipc__repair_fn repair, void *arg)
+{
+    int rc;
+    if (!kind_ok(m))
+        return -EBADMSG;
+    if (d == NULL || d->timeout_ms < 0)
+        rc = pthread_mutex_lock(m);
+    else
+        rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &d->lock);
+    switch (rc) {
+    case 0:
+        return 0;
+    case EOWNERDEAD:
+        /* The owner died inside its critical section: bring the object back
+         * to its last published state before anyone else sees it. */
+        if (repair != NULL)
+            repair(arg);
+        pthread_mutex_consistent(m);
+        return 1;
+    case ETIMEDOUT:
+        return mmipc__deadline_err(d);
+    case ENOTRECOVERABLE:
+        return -ENOTRECOVERABLE;
+    case EDEADLK:
+        return -EDEADLK;
+    default:
+        return -EBADMSG;
+    }
+}
+
+void mmipc__mutex_unlock(pthread_mutex_t *m)
+{
+    pthread_mutex_unlock(m);
+}
+
+/* ---------------------------------------------------------------- event count */
+
+void mmipc__cond_init(struct mmipc__cond *c)
+{
+    mmipc__store_relaxed(&c->seq, 0);
+    mmipc__store_relaxed(&c->sleeper, 0);
+}
+
+uint32_t mmipc__cond_arm(struct mmipc__cond *c)
+{
+    uint32_t seq = mmipc__load_acquire(&c->seq);
+    mmipc__store_relaxed(&c->sleeper, 1);
+    /* Pairs with the fence in broadcast: either the signaler sees our flag,
+     * or our re-check (after this fence) sees its change. */
+    mmipc__fence();
+    return seq;
+}
+
+int mmipc__cond_sleep(struct mmipc__cond *c, uint32_t seq, const struct mmipc__deadline *d)
+{
+    struct timespec until;
+    if (mmipc__deadline_passed(d))
+        return mmipc__deadline_err(d);
+    mmipc__now(&until);
+    ts_add_ms(&until, MMIPC__SLICE_MS);
+    if (d != NULL && d->timeout_ms >= 0 && ts_before(&d->wait, &until))
+        until = d->wait;
+    /* Shared (not PRIVATE) futex: the word is in a MAP_SHARED file.
+     * FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC time.  Any return
+     * (woken, EAGAIN because seq moved, EINTR, timeout) means "re-check". */
+    syscall(SYS_futex, &c->seq, FUTEX_WAIT_BITSET, seq, &until, NULL, FUTEX_BITSET_MATCH_ANY);
+    return 0;
+}
+
+void mmipc__cond_broadcast(struct mmipc__cond *c)
+{
+    mmipc__fence();
+    if (mmipc__load_relaxed(&c->sleeper) == 0)
+        return;
+    /* Clear first: a waiter that arms after this reads the old sequence
+     * before its own fence, so the bump below still wakes it. */
+    mmipc__store_relaxed(&c->sleeper, 0);
+    __atomic_fetch_add(&c->seq, 1, __ATOMIC_RELEASE);
+    syscall(SYS_futex, &c->seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+int mmipc__cond_wait(struct mmipc__cond *c, pthread_mutex_t *m, const struct mmipc__deadline *d,
+                     mmipc__repair_fn repair, void *arg)
+{
+    uint32_t seq = mmipc__cond_arm(c);
+    int rc;
+    mmipc__mutex_unlock(m);
+    rc = mmipc__cond_sleep(c, seq, d);
+    if (rc != 0)
+        return rc;
+    return mmipc__mutex_lock(m, d, repair, arg);
+}
+
+int mmipc__cpus_allowed(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0)
+        return 2;
+    return CPU_COUNT(&set);
+}

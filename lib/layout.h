@@ -118,7 +118,7 @@ _Static_assert(sizeof(struct mmipc__lease) == 64, "lease size");
 /* ---------------------------------------------------------------- rings */
 #define MMIPC__RING_MAGIC UINT32_C(0x474e4952) /* "RING" */
 #define MMIPC__RING_MIN_CAP 4096u
-#define MMIPC__RING_MAX_CAP (UINT64_C(1) << 40)
+#define MMIPC__RING_MAX_CAP (UINT64_C(1) << 32) /* record lengths are 32-bit */
 
 /* Every message is a record: an 8-byte header then the payload, padded to
  * 8 bytes.  A record never wraps; the tail end of the buffer is filled with a

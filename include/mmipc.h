@@ -73,8 +73,9 @@ MMIPC_EXPORT const char *mmipc_version(void);
 /**
  * Inspect only: map the file read-only, register no lease, take no lock and
  * never re-initialise anything.  Only the *_stat, *_info, listing, check,
- * mmipc_kv_get and mmipc_kv_foreach calls work on such a region (others
- * return -EPERM).  Used by `mmipc stat` and `mmipc check`; works on a file
+ * open, mmipc_kv_get, mmipc_kv_foreach and mmipc_kv_wait (which then polls
+ * every 5 ms instead of sleeping on the futex) work on such a region; the
+ * others return -EPERM.  Used by `mmipc stat` and `mmipc check`; works on a file
  * whose locks are held forever by a stopped process.
  */
 #define MMIPC_RDONLY 0x4

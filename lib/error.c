@@ -2,12 +2,15 @@
 #include "config.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <string.h>
 
 #include "internal.h"
 
 const char *mmipc_strerror(int err)
 {
+    if (err == INT_MIN)
+        return "unknown error";
     if (err < 0)
         err = -err;
     switch (err) {

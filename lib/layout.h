@@ -155,7 +155,8 @@ struct mmipc__ring {
     uint64_t tail;          /* 128 next byte to reserve; published with release */
     uint64_t sent;          /* 136 */
     uint64_t send_waits;    /* 144 */
-    uint8_t pad1[40];
+    uint64_t committed;     /* 152 zero-copy commits (outside plock, so atomic adds); sent counts the rest */
+    uint8_t pad1[32];
     /* consumer side */
     mmipc__lock_slot clock; /* 192 consumers serialise on this */
     uint64_t head;          /* 256 first byte not yet freed; published with release */

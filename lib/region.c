@@ -805,7 +805,11 @@ int mmipc_region_sync(mmipc_region *r)
 int mmipc_region_info(mmipc_region *r, struct mmipc_region_info *info)
 {
     struct mmipc__hdr *h = hdr_of(r);
+    struct mmipc__hdr copy;
     memset(info, 0, sizeof *info);
+    memcpy(&copy, h, sizeof copy);
+    if (validate_hdr(&copy, r->size) != 0)
+        return -EBADMSG; /* scribbled since open */
     info->format_major = h->major;
     info->format_minor = h->minor;
     info->size = r->size;

@@ -219,7 +219,7 @@ static void repair_producer(void *arg)
 /* Reclaim when we would otherwise sleep, rate-limited per handle.  Takes the
  * consumer lock with d's lock deadline; returns reclaim_locked's value, 0 if
  * skipped, or a lock error. */
-static int maybe_reclaim(mmipc_ring *q, const struct mmipc__deadline *d, int consumer_locked)
+static int maybe_reclaim(mmipc_ring *q, struct mmipc__deadline *d, int consumer_locked)
 {
     uint64_t now = now_ns(), last = __atomic_load_n(&q->last_reclaim, __ATOMIC_RELAXED);
     if (now - last < RECLAIM_EVERY_NS && last != 0)
@@ -341,7 +341,7 @@ static ssize_t consume(mmipc_ring *q, void *buf, size_t cap, const void **ptr, e
                     mmipc__store_release(&rec->state, MMIPC__REC_DONE);
                     moved = advance_head(q, h, mmipc__load_acquire(&q->q->tail)) > 0;
                 }
-                mmipc__fetch_add(&q->q->received, 1);
+                mmipc__bump(&q->q->received);
             } else {
                 mmipc__store_release(&rec->state, MMIPC__REC_PEEKED | owner);
                 *ptr = payload;
@@ -353,13 +353,13 @@ static ssize_t consume(mmipc_ring *q, void *buf, size_t cap, const void **ptr, e
         }
         /* Nothing to take. */
         uint64_t t_seen = mmipc__load_relaxed(&q->q->tail);
-        uint64_t s_seen = mmipc__load_relaxed(&q->q->sent);
+        uint64_t s_seen = mmipc__load_relaxed(&q->q->committed);
         if (mmipc__deadline_passed(&d)) {
             mmipc__mutex_unlock(&q->q->clock.m);
             return mmipc__deadline_err(&d);
         }
         mmipc__mutex_unlock(&q->q->clock.m);
-        if (spin_until_changed(q, &q->q->tail, t_seen, &q->q->sent, s_seen))
+        if (spin_until_changed(q, &q->q->tail, t_seen, &q->q->committed, s_seen))
             continue;
         /* Sleep: arm, then re-check under the lock (Dekker with the
          * producer's publish + broadcast), then sleep one slice. */
@@ -425,7 +425,7 @@ int mmipc_ring_release(mmipc_ring *q, const void *ptr)
         return -EINVAL;
     }
     mmipc__store_release(&rec->state, MMIPC__REC_DONE);
-    mmipc__fetch_add(&q->q->received, 1);
+    mmipc__bump(&q->q->received);
     uint64_t h = mmipc__load_relaxed(&q->q->head);
     uint64_t t = mmipc__load_acquire(&q->q->tail);
     int moved = 0;
@@ -520,7 +520,7 @@ int mmipc_ring_send(mmipc_ring *q, const void *msg, size_t len, int timeout_ms)
         memcpy((uint8_t *)rec + REC_HDR, msg, len);
     /* The instant the message exists: one release store. */
     mmipc__store_release(&q->q->tail, new_tail);
-    mmipc__fetch_add(&q->q->sent, 1);
+    mmipc__bump(&q->q->sent);
     mmipc__mutex_unlock(&q->q->plock.m);
     mmipc__cond_broadcast(&q->q->nonempty);
     return 0;
@@ -567,7 +567,7 @@ int mmipc_ring_commit(mmipc_ring *q, void *ptr)
      * (and we must not publish a record it already discarded). */
     if (!__atomic_compare_exchange_n(&rec->state, &st, MMIPC__REC_READY, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
         return -EINVAL;
-    mmipc__fetch_add(&q->q->sent, 1);
+    mmipc__fetch_add(&q->q->committed, 1);
     mmipc__cond_broadcast(&q->q->nonempty);
     return 0;
 }
@@ -662,7 +662,7 @@ int mmipc_ring_stat(mmipc_ring *q, struct mmipc_ring_stat *st)
     st->max_message = q->max_msg;
     uint64_t h = mmipc__load_acquire(&q->q->head);
     uint64_t t = mmipc__load_acquire(&q->q->tail);
-    st->sent = mmipc__load_relaxed(&q->q->sent);
+    st->sent = mmipc__load_relaxed(&q->q->sent) + mmipc__load_relaxed(&q->q->committed);
     st->received = mmipc__load_relaxed(&q->q->received);
     st->send_waits = mmipc__load_relaxed(&q->q->send_waits);
     st->recv_waits = mmipc__load_relaxed(&q->q->recv_waits);
@@ -735,7 +735,7 @@ int mmipc__ring_check(mmipc_region *r, const char *name, uint8_t *obj, uint64_t 
             ready++;
         p += sz;
     }
-    uint64_t sent = mmipc__load_relaxed(&q.q->sent), received = mmipc__load_relaxed(&q.q->received);
+    uint64_t sent = mmipc__load_relaxed(&q.q->sent) + mmipc__load_relaxed(&q.q->committed), received = mmipc__load_relaxed(&q.q->received);
     if (received > sent) {
         mmipc__report(fn, arg, name, "received count %llu exceeds sent count %llu", (unsigned long long)received,
                       (unsigned long long)sent);

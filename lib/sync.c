@@ -37,24 +37,30 @@ static int ts_before(const struct timespec *a, const struct timespec *b)
 void mmipc__deadline_init(struct mmipc__deadline *d, int timeout_ms)
 {
     d->timeout_ms = timeout_ms;
-    if (timeout_ms < 0) {
-        d->wait.tv_sec = d->lock.tv_sec = 0;
-        d->wait.tv_nsec = d->lock.tv_nsec = 0;
-        return;
-    }
-    mmipc__now(&d->wait);
-    d->lock = d->wait;
-    ts_add_ms(&d->wait, timeout_ms);
-    ts_add_ms(&d->lock, timeout_ms > MMIPC__LOCK_GRACE_MS ? timeout_ms : MMIPC__LOCK_GRACE_MS);
+    d->known = 0;
 }
 
-int mmipc__deadline_passed(const struct mmipc__deadline *d)
+/* Make the deadlines absolute: called only once something has to wait, so
+ * the uncontended path never reads the clock. */
+static void deadline_fix(struct mmipc__deadline *d)
+{
+    if (d->known || d->timeout_ms < 0)
+        return;
+    mmipc__now(&d->wait);
+    d->lock = d->wait;
+    ts_add_ms(&d->wait, d->timeout_ms);
+    ts_add_ms(&d->lock, d->timeout_ms > MMIPC__LOCK_GRACE_MS ? d->timeout_ms : MMIPC__LOCK_GRACE_MS);
+    d->known = 1;
+}
+
+int mmipc__deadline_passed(struct mmipc__deadline *d)
 {
     struct timespec now;
     if (d == NULL || d->timeout_ms < 0)
         return 0;
     if (d->timeout_ms == 0)
         return 1;
+    deadline_fix(d);
     mmipc__now(&now);
     return !ts_before(&now, &d->wait);
 }
@@ -113,15 +119,20 @@ int mmipc__mutex_init(pthread_mutex_t *m)
     return -rc;
 }
 
-int mmipc__mutex_lock(pthread_mutex_t *m, const struct mmipc__deadline *d, mmipc__repair_fn repair, void *arg)
+int mmipc__mutex_lock(pthread_mutex_t *m, struct mmipc__deadline *d, mmipc__repair_fn repair, void *arg)
 {
     int rc;
     if (!kind_ok(m))
         return -EBADMSG;
-    if (d == NULL || d->timeout_ms < 0)
-        rc = pthread_mutex_lock(m);
-    else
-        rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &d->lock);
+    rc = pthread_mutex_trylock(m); /* the uncontended path: no clock read */
+    if (rc == EBUSY) {
+        if (d == NULL || d->timeout_ms < 0) {
+            rc = pthread_mutex_lock(m);
+        } else {
+            deadline_fix(d);
+            rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &d->lock);
+        }
+    }
     switch (rc) {
     case 0:
         return 0;
@@ -166,7 +177,7 @@ uint32_t mmipc__cond_arm(struct mmipc__cond *c)
     return seq;
 }
 
-int mmipc__cond_sleep(struct mmipc__cond *c, uint32_t seq, const struct mmipc__deadline *d)
+int mmipc__cond_sleep(struct mmipc__cond *c, uint32_t seq, struct mmipc__deadline *d)
 {
     struct timespec until;
     if (mmipc__deadline_passed(d))
@@ -194,7 +205,7 @@ void mmipc__cond_broadcast(struct mmipc__cond *c)
     syscall(SYS_futex, &c->seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
-int mmipc__cond_wait(struct mmipc__cond *c, pthread_mutex_t *m, const struct mmipc__deadline *d,
+int mmipc__cond_wait(struct mmipc__cond *c, pthread_mutex_t *m, struct mmipc__deadline *d,
                      mmipc__repair_fn repair, void *arg)
 {
     uint32_t seq = mmipc__cond_arm(c);

@@ -31,6 +31,7 @@
 /* A caller's timeout, made absolute on CLOCK_MONOTONIC once at entry. */
 struct mmipc__deadline {
     int timeout_ms;       /* as given: < 0 forever, 0 never wait, > 0 */
+    int known;            /* wait/lock computed yet?  (lazily: no clock read on the fast path) */
     struct timespec wait; /* deadline for data/space (== now for timeout 0) */
     struct timespec lock; /* deadline for a lock (now + grace for timeout 0) */
 };
@@ -38,7 +39,7 @@ struct mmipc__deadline {
 void mmipc__now(struct timespec *ts);
 void mmipc__deadline_init(struct mmipc__deadline *d, int timeout_ms);
 /* 1 if the wait deadline has passed (never for timeout < 0). */
-int mmipc__deadline_passed(const struct mmipc__deadline *d);
+int mmipc__deadline_passed(struct mmipc__deadline *d);
 /* The error for an expired wait: -EAGAIN for timeout 0, else -ETIMEDOUT. */
 int mmipc__deadline_err(const struct mmipc__deadline *d);
 
@@ -53,7 +54,7 @@ int mmipc__mutex_init(pthread_mutex_t *m);
  * mmipc__deadline_err), -ENOTRECOVERABLE, or -EBADMSG (the lock word is not
  * a robust shared mutex any more: scribbled).
  */
-int mmipc__mutex_lock(pthread_mutex_t *m, const struct mmipc__deadline *d, mmipc__repair_fn repair, void *arg);
+int mmipc__mutex_lock(pthread_mutex_t *m, struct mmipc__deadline *d, mmipc__repair_fn repair, void *arg);
 void mmipc__mutex_unlock(pthread_mutex_t *m);
 
 void mmipc__cond_init(struct mmipc__cond *c);
@@ -63,7 +64,7 @@ uint32_t mmipc__cond_arm(struct mmipc__cond *c);
 /* Sleep while the sequence is still seq, at most one slice and never past
  * d->wait.  Returns 0 (woken, changed, or slice over: re-check) or the
  * deadline error once d->wait has passed. */
-int mmipc__cond_sleep(struct mmipc__cond *c, uint32_t seq, const struct mmipc__deadline *d);
+int mmipc__cond_sleep(struct mmipc__cond *c, uint32_t seq, struct mmipc__deadline *d);
 /* Wake every sleeper; no system call when nobody sleeps. */
 void mmipc__cond_broadcast(struct mmipc__cond *c);
 /* Same as broadcast: an event count cannot pick one sleeper without keeping
@@ -75,7 +76,7 @@ void mmipc__cond_broadcast(struct mmipc__cond *c);
  * relock (0 or 1), or the deadline error (mutex NOT held then), or a lock
  * error (mutex not held).  Callers loop re-checking their predicate.
  */
-int mmipc__cond_wait(struct mmipc__cond *c, pthread_mutex_t *m, const struct mmipc__deadline *d,
+int mmipc__cond_wait(struct mmipc__cond *c, pthread_mutex_t *m, struct mmipc__deadline *d,
                      mmipc__repair_fn repair, void *arg);
 
 /* How many CPUs this process may run on (spinning is useless on one). */

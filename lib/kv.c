@@ -255,9 +255,13 @@ static int64_t current_version(mmipc_kv *kv, const char *key, size_t klen, uint3
 
 /* ---------------------------------------------------------------- writing (table lock held) */
 
+/* The next version, or 0 if the counter is exhausted (only a scribbled file
+ * gets there: 2^64 writes would take centuries). */
 static uint64_t next_version(mmipc_kv *kv)
 {
     uint64_t v = mmipc__load_relaxed(&kv->t->next_version) + 1;
+    if (v == 0 || v == UINT64_MAX)
+        return 0;
     mmipc__store_relaxed(&kv->t->next_version, v);
     return v;
 }
@@ -326,10 +330,13 @@ static int store(mmipc_kv *kv, const char *key, uint64_t expected, const void *v
     } else {
         if (at < 0)
             at = free_slot;
+        uint64_t v = at < 0 ? 0 : next_version(kv);
         if (at < 0) {
             rc = -ENOSPC;
+        } else if (v == 0) {
+            rc = -EBADMSG;
         } else {
-            publish(kv, (uint32_t)at, MMIPC__KV_LIVE, next_version(kv), key, klen, hash, val, len);
+            publish(kv, (uint32_t)at, MMIPC__KV_LIVE, v, key, klen, hash, val, len);
             mmipc__fetch_add(&kv->t->puts, 1);
         }
     }
@@ -367,10 +374,13 @@ int mmipc_kv_del(mmipc_kv *kv, const char *key)
     if (rc != 0)
         return rc;
     int64_t at = lookup(kv, key, klen, hash, NULL, 0, 1, &s, NULL);
+    uint64_t v = at < 0 ? 0 : next_version(kv);
     if (at < 0) {
         rc = (int)at;
+    } else if (v == 0) {
+        rc = -EBADMSG;
     } else {
-        publish(kv, (uint32_t)at, MMIPC__KV_TOMB, next_version(kv), key, klen, hash, NULL, 0);
+        publish(kv, (uint32_t)at, MMIPC__KV_TOMB, v, key, klen, hash, NULL, 0);
         trim_tombstones(kv, (uint32_t)at);
         mmipc__fetch_add(&kv->t->dels, 1);
     }
@@ -430,8 +440,13 @@ int mmipc_kv_foreach(mmipc_kv *kv, mmipc_kv_fn fn, void *arg)
     for (uint32_t i = 0; i < kv->nslots && rc == 0; i++) {
         int match;
         int src = snap_slot(kv, i, NULL, 0, 0, buf, kv->value_max, 1, 0, &s, &match);
+        if (src == SNAP_BUSY && !kv->r->rdonly && lock_table(kv, UNTIMED_LOCK_MS) == 0) {
+            /* Rewritten all along by a stream of writers: read it under the lock. */
+            src = snap_slot(kv, i, NULL, 0, 0, buf, kv->value_max, 1, 1, &s, &match);
+            mmipc__mutex_unlock(&kv->t->lock.m);
+        }
         if (src == SNAP_BUSY)
-            continue; /* rewritten all along: the key is live, but not listable now */
+            continue; /* read-only inspection of a slot that never held still */
         if (src != SNAP_OK) {
             rc = src;
             break;

@@ -120,14 +120,17 @@ _Static_assert(sizeof(struct mmipc__lease) == 64, "lease size");
 #define MMIPC__RING_MIN_CAP 4096u
 #define MMIPC__RING_MAX_CAP (UINT64_C(1) << 32) /* record lengths are 32-bit */
 
-/* Every message is a record: an 8-byte header then the payload, padded to
+/* Every message is a record: a 16-byte header then the payload, padded to
  * 8 bytes.  A record never wraps; the tail end of the buffer is filled with a
- * PAD record instead. */
+ * PAD record instead.  `pos` repeats the record's own absolute position, so a
+ * stale header from an earlier lap, a misplaced one, or a pointer handed to
+ * commit/release that is not a record's is recognised. */
 struct mmipc__rec {
     uint32_t len;   /* payload bytes (PAD: bytes after the header) */
     uint32_t state; /* MMIPC__REC_* in the top 4 bits, owner in the rest */
+    uint64_t pos;   /* absolute position of this header */
 };
-_Static_assert(sizeof(struct mmipc__rec) == 8, "rec size");
+_Static_assert(sizeof(struct mmipc__rec) == 16, "rec size");
 
 #define MMIPC__REC_READY 0x10000000u    /* committed, waiting for a consumer */
 #define MMIPC__REC_RESERVED 0x20000000u /* | owner: being written in place */
@@ -153,9 +156,9 @@ struct mmipc__ring {
     /* line 1..: producer side */
     mmipc__lock_slot plock; /* 64  producers serialise on this */
     uint64_t tail;          /* 128 next byte to reserve; published with release */
-    uint64_t sent;          /* 136 */
+    uint64_t reserved1;     /* 136 */
     uint64_t send_waits;    /* 144 */
-    uint64_t committed;     /* 152 zero-copy commits (outside plock, so atomic adds); sent counts the rest */
+    uint64_t committed;     /* 152 zero-copy commits: a change signal for spinning consumers only */
     uint8_t pad1[32];
     /* consumer side */
     mmipc__lock_slot clock; /* 192 consumers serialise on this */
@@ -163,7 +166,11 @@ struct mmipc__ring {
     uint64_t received;      /* 264 */
     uint64_t recv_waits;    /* 272 */
     uint64_t recoveries;    /* 280 */
-    uint8_t pad2[32];
+    /* The take in progress: recorded before the take's store so that the
+     * repair after a consumer died can tell whether to count it. */
+    uint64_t pend_pos;  /* 288 position of the record being taken */
+    uint64_t pend_recv; /* 296 value of `received` once it is taken */
+    uint8_t pad2[16];
     /* wake-ups, one line each: consumers sleep on nonempty, producers on nonfull */
     struct mmipc__cond nonempty; /* 320 */
     uint8_t pad3[56];

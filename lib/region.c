@@ -174,8 +174,8 @@ static int lease_alive_snapshot(const struct mmipc__lease *l, uint64_t word)
     uint32_t st = MMIPC__LEASE_STATE(word);
     if (st == MMIPC__LEASE_FREE)
         return 0;
-    if (pid <= 0)
-        return st == MMIPC__LEASE_CLAIMING; /* being filled in right now */
+    if (st == MMIPC__LEASE_CLAIMING || pid <= 0)
+        return 1; /* being filled in right now */
     if (st == MMIPC__LEASE_LIVE) {
         char boot[sizeof l->boot_id];
         memcpy(boot, l->boot_id, sizeof boot);
@@ -200,7 +200,11 @@ static unsigned reap_leases(mmipc_region *r)
         uint64_t w = mmipc__load_acquire(&l->state_gen);
         if (MMIPC__LEASE_STATE(w) == MMIPC__LEASE_FREE)
             continue;
-        if (MMIPC__LEASE_STATE(w) == MMIPC__LEASE_CLAIMING && mmipc__load_relaxed(&l->pid) <= 0)
+        /* A claim in progress still shows the slot's previous pid; judging
+         * that would free a slot under its new owner.  A claimer killed in
+         * that window of a few instructions leaks the slot until the next
+         * cold start. */
+        if (MMIPC__LEASE_STATE(w) != MMIPC__LEASE_LIVE)
             continue;
         if (lease_alive_snapshot(l, w))
             continue;

@@ -131,12 +131,18 @@ static int snap_slot(mmipc_kv *kv, uint32_t i, const char *want_key, size_t want
         if (s->state == MMIPC__KV_LIVE) {
             if (s->key_len == 0 || s->key_len > MMIPC_KEY_MAX || s->val_len > kv->value_max)
                 bad = 1;
-            else {
+            else if (want_key != NULL) {
+                /* Compare in place: most slots of a probe chain differ in
+                 * length or hash and cost nothing more. */
+                int same = s->key_len == want_len && memcmp(hf->key, want_key, want_len) == 0;
+                *match = same && s->hash == want_hash;
+                bad = same && !*match; /* right key, wrong hash: scribbled */
+                if (*match && buf != NULL && s->val_len <= cap && s->val_len != 0)
+                    memcpy(buf, (const uint8_t *)hf + sizeof *hf, s->val_len);
+            } else {
                 memcpy(s->key, hf->key, s->key_len);
                 s->key[s->key_len] = '\0';
-                if (want_key != NULL)
-                    *match = s->hash == want_hash && s->key_len == want_len && memcmp(s->key, want_key, want_len) == 0;
-                if ((*match || all_values) && buf != NULL && s->val_len <= cap && s->val_len != 0)
+                if (all_values && buf != NULL && s->val_len <= cap && s->val_len != 0)
                     memcpy(buf, (const uint8_t *)hf + sizeof *hf, s->val_len);
             }
         }
@@ -144,9 +150,6 @@ static int snap_slot(mmipc_kv *kv, uint32_t i, const char *want_key, size_t want
         if (mmipc__load_relaxed(wp) == w1) {
             if (bad)
                 return SNAP_BAD;
-            if (*match == 0 && want_key != NULL && s->state == MMIPC__KV_LIVE && s->key_len == want_len &&
-                memcmp(s->key, want_key, want_len) == 0)
-                return SNAP_BAD; /* right key, wrong hash: scribbled */
             return SNAP_OK;
         }
         mmipc__cpu_relax();

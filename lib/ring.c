@@ -49,9 +49,12 @@ struct mmipc_ring {
     struct mmipc__ring *q;
     uint8_t *data;
     uint64_t cap, mask, max_msg;
-    unsigned spin_us;
+    unsigned spin_us;  /* longest spin, set by mmipc_ring_set_spin */
+    unsigned spin_cur; /* adaptive budget in [0, spin_us] (atomic) */
+    unsigned spin_probe;
     int may_spin;
     uint64_t head_cache;   /* producers' view of head (under plock) */
+    uint64_t tail_cache;   /* consumers' view of tail (under clock) */
     uint64_t last_reclaim; /* ns, atomic */
 };
 
@@ -272,14 +275,28 @@ static int maybe_reclaim(mmipc_ring *q, struct mmipc__deadline *d, int consumer_
 /* Find the first READY record (consumer lock held).  Returns 1 with its
  * position and length, 0 if none (*blocked set if a RESERVED/PEEKED record
  * stands in the way), or -EBADMSG. */
-static int find_ready(mmipc_ring *q, uint64_t *pos, uint64_t *len, uint64_t *size, int *blocked)
+static int find_ready(mmipc_ring *q, uint64_t *pos, uint64_t *len, uint64_t *size, int *blocked, uint64_t *tail)
 {
     uint64_t h = mmipc__load_relaxed(&q->q->head);
-    uint64_t t = mmipc__load_acquire(&q->q->tail);
+    /* Records below a tail seen before are published for good, so the
+     * producers' line is read again only when the scan gets there. */
+    uint64_t t = q->tail_cache;
+    if (t < h || t - h > q->cap)
+        t = mmipc__load_acquire(&q->q->tail);
     if (check_positions(q, h, t) != 0)
         return -EBADMSG;
     *blocked = 0;
-    for (uint64_t p = h; p < t;) {
+    for (uint64_t p = h;;) {
+        if (p >= t) {
+            uint64_t t2 = mmipc__load_acquire(&q->q->tail);
+            if (t2 == t)
+                break;
+            if (check_positions(q, h, t2) != 0)
+                return -EBADMSG;
+            t = t2;
+            q->tail_cache = t;
+            continue;
+        }
         uint32_t st;
         uint64_t sz = rec_check(q, p, t, &st);
         if (sz == 0)
@@ -289,6 +306,7 @@ static int find_ready(mmipc_ring *q, uint64_t *pos, uint64_t *len, uint64_t *siz
             *pos = p;
             *len = mmipc__load_relaxed(&rec_at(q, p)->len);
             *size = sz;
+            *tail = t;
             return 1;
         }
         if (k == MMIPC__REC_RESERVED || k == MMIPC__REC_PEEKED)
@@ -298,20 +316,39 @@ static int find_ready(mmipc_ring *q, uint64_t *pos, uint64_t *len, uint64_t *siz
     return 0;
 }
 
-/* Spin (without any lock) until `*word` differs from `seen` or the spin
- * budget is spent.  Returns 1 if it changed. */
+/*
+ * Spin (without any lock) until `*word` or `*word2` differs from what was
+ * seen, for at most the handle's current budget.  The budget adapts: a spin
+ * that ends in success doubles it (up to spin_us), one that runs out halves
+ * it, so a peer that is not running right now (both processes on one CPU, or
+ * an idle stream) soon costs no spinning at all, while a hot ping-pong keeps
+ * spinning.  At zero budget every 16th wait still probes with a short spin.
+ * Returns 1 if a word changed.
+ */
 static int spin_until_changed(mmipc_ring *q, const uint64_t *word, uint64_t seen, const uint64_t *word2,
                               uint64_t seen2)
 {
     if (!q->may_spin || q->spin_us == 0)
         return 0;
-    uint64_t end = now_ns() + (uint64_t)q->spin_us * 1000u;
-    for (unsigned i = 1;; i++) {
-        if (mmipc__load_relaxed(word) != seen || mmipc__load_relaxed(word2) != seen2)
-            return 1;
-        mmipc__cpu_relax();
-        if ((i & 63u) == 0 && now_ns() >= end)
+    unsigned budget = __atomic_load_n(&q->spin_cur, __ATOMIC_RELAXED);
+    if (budget == 0) {
+        unsigned probe = __atomic_add_fetch(&q->spin_probe, 1, __ATOMIC_RELAXED);
+        if ((probe & 15u) != 0)
             return 0;
+        budget = 1;
+    }
+    uint64_t end = now_ns() + (uint64_t)budget * 1000u;
+    for (unsigned i = 1;; i++) {
+        if (mmipc__load_relaxed(word) != seen || mmipc__load_relaxed(word2) != seen2) {
+            unsigned up = budget * 2 + 1;
+            __atomic_store_n(&q->spin_cur, up < q->spin_us ? up : q->spin_us, __ATOMIC_RELAXED);
+            return 1;
+        }
+        mmipc__cpu_relax();
+        if ((i & 63u) == 0 && now_ns() >= end) {
+            __atomic_store_n(&q->spin_cur, budget / 2, __ATOMIC_RELAXED);
+            return 0;
+        }
     }
 }
 
@@ -332,13 +369,13 @@ static ssize_t consume(mmipc_ring *q, void *buf, size_t cap, const void **ptr, e
         rc = mmipc__mutex_lock(&q->q->clock.m, &d, repair_consumer, q);
         if (rc < 0)
             return rc;
-        uint64_t pos, len, size;
+        uint64_t pos, len, size, tail;
         int blocked;
-        int found = find_ready(q, &pos, &len, &size, &blocked);
+        int found = find_ready(q, &pos, &len, &size, &blocked, &tail);
         if (found == 0 && blocked) {
             int rr = maybe_reclaim(q, &d, 1);
             if (rr > 0)
-                found = find_ready(q, &pos, &len, &size, &blocked);
+                found = find_ready(q, &pos, &len, &size, &blocked, &tail);
         }
         if (found < 0) {
             mmipc__mutex_unlock(&q->q->clock.m);
@@ -360,15 +397,14 @@ static ssize_t consume(mmipc_ring *q, void *buf, size_t cap, const void **ptr, e
                 if (pos == h) {
                     /* The instant the message leaves the ring. */
                     mmipc__store_release(&q->q->head, pos + size);
-                    uint64_t t = mmipc__load_acquire(&q->q->tail);
-                    if (advance_head(q, pos + size, t) < 0) {
+                    if (advance_head(q, pos + size, tail) < 0) {
                         /* a later record is corrupt; ours is taken all the same */
                     }
                     moved = 1;
                 } else {
                     /* Older records are still open, or a PAD stands first. */
                     mmipc__store_release(&rec->state, MMIPC__REC_DONE);
-                    moved = advance_head(q, h, mmipc__load_acquire(&q->q->tail)) > 0;
+                    moved = advance_head(q, h, tail) > 0;
                 }
                 take_end(q);
             } else {
@@ -396,7 +432,7 @@ static ssize_t consume(mmipc_ring *q, void *buf, size_t cap, const void **ptr, e
         if (rc < 0)
             return rc;
         uint32_t seq = mmipc__cond_arm(&q->q->nonempty);
-        found = find_ready(q, &pos, &len, &size, &blocked);
+        found = find_ready(q, &pos, &len, &size, &blocked, &tail);
         mmipc__mutex_unlock(&q->q->clock.m);
         if (found != 0)
             continue; /* data arrived (or corruption: reported on the next pass) */
@@ -496,10 +532,10 @@ static int produce_begin(mmipc_ring *q, uint64_t need, struct mmipc__deadline *d
         uint64_t t = mmipc__load_relaxed(&q->q->tail);
         uint64_t off = t & q->mask, to_end = q->cap - off;
         uint64_t total = need <= to_end ? need : to_end + need;
-        uint64_t h = q->head_cache;
+        uint64_t h = __atomic_load_n(&q->head_cache, __ATOMIC_RELAXED);
         if (t < h || t - h > q->cap || q->cap - (t - h) < total) {
             h = mmipc__load_acquire(&q->q->head);
-            q->head_cache = h;
+            __atomic_store_n(&q->head_cache, h, __ATOMIC_RELAXED);
         }
         if (check_positions(q, h, t) != 0) {
             mmipc__mutex_unlock(&q->q->plock.m);
@@ -606,14 +642,21 @@ int mmipc_ring_commit(mmipc_ring *q, void *ptr)
         return -EINVAL;
     if (q->r->rdonly)
         return -EPERM;
-    /* head cannot pass an open reservation, so a true one stays in [h, t). */
-    uint64_t h = mmipc__load_acquire(&q->q->head);
+    /* head cannot pass an open reservation, so a true one stays in [h, t).
+     * Our producers' cached head is never ahead of the real one and keeps
+     * commit off the consumers' cache line. */
+    uint64_t h = __atomic_load_n(&q->head_cache, __ATOMIC_RELAXED);
     uint64_t t = mmipc__load_acquire(&q->q->tail);
     uint64_t pos = mmipc__load_relaxed(&rec->pos);
     uint32_t st = mmipc__load_acquire(&rec->state);
-    if (check_positions(q, h, t) != 0)
+    /* No lock: h and t were read at different instants, so only each one's
+     * own relation to pos is meaningful (t - h may exceed the capacity). */
+    if (((h | t) & (REC_ALIGN - 1)) != 0 || t < h)
         return -EBADMSG;
-    if (!rec_is_at(q, rec, pos, h, t) || MMIPC__REC_KIND(st) != MMIPC__REC_RESERVED ||
+    if (pos - h >= q->cap) /* reserved through another handle, whose cache we lack */
+        h = mmipc__load_acquire(&q->q->head);
+    if (t - pos > q->cap || pos - h >= q->cap || !rec_is_at(q, rec, pos, h, t) ||
+        MMIPC__REC_KIND(st) != MMIPC__REC_RESERVED ||
         !mmipc__owner_is_me(q->r, st & 0x0fffffffu))
         return -EINVAL;
     /* CAS: a reclaimer that wrongly judged us dead must not be overwritten
@@ -663,6 +706,7 @@ static int ring_handle(mmipc_region *r, uint64_t off, uint64_t size, mmipc_ring 
     q->mask = cap - 1;
     q->max_msg = max_msg;
     q->spin_us = DEFAULT_SPIN_US;
+    q->spin_cur = DEFAULT_SPIN_US;
     q->may_spin = mmipc__cpus_allowed() > 1;
     q->head_cache = mmipc__load_acquire(&q->q->head);
     mmipc__track(r, &q->h);
@@ -703,6 +747,7 @@ int mmipc_ring_set_spin(mmipc_ring *q, unsigned spin_us)
     if (q == NULL)
         return -EINVAL;
     q->spin_us = spin_us;
+    __atomic_store_n(&q->spin_cur, spin_us, __ATOMIC_RELAXED);
     return 0;
 }
 

@@ -73,7 +73,7 @@ MMIPC_EXPORT const char *mmipc_version(void);
 /**
  * Inspect only: map the file read-only, register no lease, take no lock and
  * never re-initialise anything.  Only the *_stat, *_info, listing, check,
- * open, mmipc_kv_get, mmipc_kv_foreach and mmipc_kv_wait (which then polls
+ * mmipc_ring_open, mmipc_kv_open, mmipc_kv_get, mmipc_kv_foreach and mmipc_kv_wait (which then polls
  * every 5 ms instead of sleeping on the futex) work on such a region; the
  * others return -EPERM.  Used by `mmipc stat` and `mmipc check`; works on a file
  * whose locks are held forever by a stopped process.
@@ -249,11 +249,14 @@ struct mmipc_ring_stat {
 MMIPC_EXPORT int mmipc_ring_stat(mmipc_ring *q, struct mmipc_ring_stat *st);
 
 /**
- * How long this handle busy-waits (in microseconds) for data or space before
- * sleeping on the futex.  Default 50; 0 = sleep at once.  Spinning is skipped
- * when the process may run on one CPU only.  Process-local, per handle.
+ * The longest this handle busy-waits (in microseconds) for data or space
+ * before sleeping on the futex.  Default 50; 0 = sleep at once.  The actual
+ * spin adapts below this bound: it halves each time a spin runs out without
+ * the peer acting (e.g. both processes share one CPU) and doubles when one
+ * succeeds.  Never spins when the process may run on one CPU only.
+ * Process-local, per handle.
  */
-MMIPC_EXPORT int mmipc_ring_set_spin(mmipc_ring *q, unsigned spin_us);
+MMIPC_EXPORT int mmipc_ring_set_spin(mmipc_ring *q, unsigned spin_us); /* 0, -EINVAL (NULL) */
 
 /* ------------------------------------------------------------------------ */
 /* kv tables: fixed slots, string keys, versioned values                     */

@@ -142,6 +142,8 @@ static int snap_slot(mmipc_kv *kv, uint32_t i, const char *want_key, size_t want
             } else {
                 memcpy(s->key, hf->key, s->key_len);
                 s->key[s->key_len] = '\0';
+                if (memchr(s->key, '\0', s->key_len) != NULL)
+                    bad = 1; /* a NUL inside the key: not a key we could have written */
                 if (all_values && buf != NULL && s->val_len <= cap && s->val_len != 0)
                     memcpy(buf, (const uint8_t *)hf + sizeof *hf, s->val_len);
             }

@@ -60,6 +60,7 @@ static void read_small_file(const char *path, char *buf, size_t cap)
 static void init_once(void)
 {
     char boot[64];
+    mmipc__sync_init();
     pthread_atfork(NULL, NULL, after_fork_child);
     read_small_file("/proc/sys/kernel/random/boot_id", boot, sizeof boot);
     memset(my_boot_id, 0, sizeof my_boot_id);
@@ -82,8 +83,11 @@ pid_t mmipc__getpid(void)
     return p;
 }
 
-/* Field 22 of /proc/PID/stat: start time in clock ticks since boot; 0 if the
- * process does not exist. */
+#define PROC_ZOMBIE UINT64_MAX
+
+/* Field 22 of /proc/PID/stat: start time in clock ticks since boot; 0 if it
+ * cannot be read, PROC_ZOMBIE if the process has exited (state Z or X: a
+ * zombie whose parent has not reaped it still has a /proc entry). */
 static uint64_t proc_start_time(pid_t pid)
 {
     char path[64], buf[1024];
@@ -93,6 +97,8 @@ static uint64_t proc_start_time(pid_t pid)
     if (p == NULL)
         return 0;
     p++;
+    if (p[0] == ' ' && (p[1] == 'Z' || p[1] == 'X'))
+        return PROC_ZOMBIE;
     /* after ")" come fields 3, 4, ...; we want 22 */
     for (int field = 3; field < 22 && p != NULL; field++) {
         p = strchr(p + 1, ' ');
@@ -183,6 +189,8 @@ static int lease_alive_snapshot(const struct mmipc__lease *l, uint64_t word)
             return 0; /* registered in another boot */
         uint64_t want = mmipc__load_relaxed(&l->start_time);
         uint64_t have = proc_start_time(pid);
+        if (have == PROC_ZOMBIE)
+            return 0;
         if (have == 0)
             return kill(pid, 0) == 0 || errno == EPERM; /* no /proc: trust kill() */
         return have == want;

@@ -100,7 +100,7 @@ static int ring_geometry(const uint8_t *obj, uint64_t size, uint64_t *cap, uint6
 
 /* Size of the record at pos (checked against the buffer end and the limit
  * `end`), or 0 if it is corrupt.  *st receives its state. */
-static uint64_t rec_check(mmipc_ring *q, uint64_t pos, uint64_t end, uint32_t *st)
+static inline __attribute__((always_inline)) uint64_t rec_check(mmipc_ring *q, uint64_t pos, uint64_t end, uint32_t *st)
 {
     uint64_t off = pos & q->mask;
     struct mmipc__rec *rec = (struct mmipc__rec *)(q->data + off);
@@ -138,7 +138,7 @@ static uint64_t rec_check(mmipc_ring *q, uint64_t pos, uint64_t end, uint32_t *s
 }
 
 /* Check head/tail against each other: 0 or -EBADMSG. */
-static int check_positions(mmipc_ring *q, uint64_t h, uint64_t t)
+static inline int check_positions(mmipc_ring *q, uint64_t h, uint64_t t)
 {
     if ((h | t) & (REC_ALIGN - 1) || t < h || t - h > q->cap)
         return -EBADMSG;

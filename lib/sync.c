@@ -76,26 +76,40 @@ int mmipc__deadline_err(const struct mmipc__deadline *d)
 /* glibc keeps the mutex type in the mutex itself, i.e. in the file.  A
  * scribbled type could turn our robust mutex into a plain one (a dead owner
  * would then block everyone) or a PI one, so check it before every lock.
- * The expected value is read from a mutex initialised like ours. */
+ * The expected value is read from a mutex initialised like ours, once, by
+ * mmipc__sync_init (called before any region is opened). */
 static int expected_kind = -1;
 static pthread_once_t kind_once = PTHREAD_ONCE_INIT;
 
-static void init_expected_kind(void)
+static void init_kind(void)
 {
     pthread_mutex_t m;
     if (mmipc__mutex_init(&m) == 0) {
-        expected_kind = m.__data.__kind;
+        __atomic_store_n(&expected_kind, m.__data.__kind, __ATOMIC_RELEASE);
         pthread_mutex_destroy(&m);
     }
 }
 
-static int kind_ok(pthread_mutex_t *m)
+void mmipc__sync_init(void)
 {
-    pthread_once(&kind_once, init_expected_kind);
-    return __atomic_load_n(&m->__data.__kind, __ATOMIC_RELAXED) == expected_kind;
+    pthread_once(&kind_once, init_kind);
+}
+
+static inline int kind_ok(pthread_mutex_t *m)
+{
+    int k = __atomic_load_n(&expected_kind, __ATOMIC_ACQUIRE);
+    if (__builtin_expect(k == -1, 0)) {
+        mmipc__sync_init();
+        k = __atomic_load_n(&expected_kind, __ATOMIC_ACQUIRE);
+    }
+    return __atomic_load_n(&m->__data.__kind, __ATOMIC_RELAXED) == k;
 }
 #else
-static int kind_ok(pthread_mutex_t *m)
+void mmipc__sync_init(void)
+{
+}
+
+static inline int kind_ok(pthread_mutex_t *m)
 {
     (void)m;
     return 1;

@@ -45,6 +45,9 @@ int mmipc__deadline_err(const struct mmipc__deadline *d);
 
 typedef void (*mmipc__repair_fn)(void *arg);
 
+/* Once per process, before the first lock (region.c's init does it). */
+void mmipc__sync_init(void);
+
 /* Initialise a process-shared robust mutex in place. 0 or -errno. */
 int mmipc__mutex_init(pthread_mutex_t *m);
 /*

@@ -133,6 +133,35 @@ int mmipc__mutex_init(pthread_mutex_t *m)
     return -rc;
 }
 
+#if defined(__SANITIZE_THREAD__)
+/* ThreadSanitizer (gcc 12) does not intercept pthread_mutex_clocklock, so it
+ * would not see those acquisitions and report every critical section as a
+ * race.  Under TSan only, wait with the intercepted CLOCK_REALTIME variant,
+ * converting the deadline. */
+static int clocklock(pthread_mutex_t *m, const struct timespec *mono)
+{
+    struct timespec now_m, now_r, abs;
+    mmipc__now(&now_m);
+    clock_gettime(CLOCK_REALTIME, &now_r);
+    long long ns = (long long)(mono->tv_sec - now_m.tv_sec) * 1000000000LL + (mono->tv_nsec - now_m.tv_nsec);
+    if (ns < 0)
+        ns = 0;
+    abs = now_r;
+    abs.tv_sec += ns / 1000000000LL;
+    abs.tv_nsec += ns % 1000000000LL;
+    if (abs.tv_nsec >= 1000000000L) {
+        abs.tv_sec++;
+        abs.tv_nsec -= 1000000000L;
+    }
+    return pthread_mutex_timedlock(m, &abs);
+}
+#else
+static int clocklock(pthread_mutex_t *m, const struct timespec *mono)
+{
+    return pthread_mutex_clocklock(m, CLOCK_MONOTONIC, mono);
+}
+#endif
+
 int mmipc__mutex_lock(pthread_mutex_t *m, struct mmipc__deadline *d, mmipc__repair_fn repair, void *arg)
 {
     int rc;
@@ -144,7 +173,7 @@ int mmipc__mutex_lock(pthread_mutex_t *m, struct mmipc__deadline *d, mmipc__repa
             rc = pthread_mutex_lock(m);
         } else {
             deadline_fix(d);
-            rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &d->lock);
+            rc = clocklock(m, &d->lock);
         }
     }
     switch (rc) {

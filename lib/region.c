@@ -905,6 +905,13 @@ int mmipc_region_check(mmipc_region *r, mmipc_check_fn fn, void *arg)
     int problems = 0;
     struct stat st;
     memcpy(&h, r->base, sizeof h);
+    if (fstat(r->fd, &st) == 0 && (st.st_mode & S_IWOTH) != 0) {
+        /* Opening such a file is safe (the file is untrusted input either
+         * way), but any local user can corrupt or wedge it. */
+        mmipc__report(fn, arg, "file", "writable by every user (mode %04o): any local user can corrupt it; use 0600 or 0660",
+                      (unsigned)(st.st_mode & 07777));
+        problems++;
+    }
     if (fstat(r->fd, &st) == 0 && (uint64_t)st.st_size != r->size) {
         mmipc__report(fn, arg, "header", "file is %lld bytes but was mapped at %llu (truncated or grown by another process)",
                (long long)st.st_size, (unsigned long long)r->size);

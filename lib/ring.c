@@ -295,6 +295,12 @@ static int find_ready(mmipc_ring *q, uint64_t *pos, uint64_t *len, uint64_t *siz
                 return -EBADMSG;
             t = t2;
             q->tail_cache = t;
+            /* Start over: a record seen RESERVED before this tail was read
+             * may be READY now, and one producer's later message (below the
+             * new tail) must not be taken before it.  States read after
+             * loading a tail are at least as new as that tail. */
+            p = h;
+            *blocked = 0;
             continue;
         }
         uint32_t st;

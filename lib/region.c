@@ -904,7 +904,6 @@ int mmipc_region_check(mmipc_region *r, mmipc_check_fn fn, void *arg)
     struct mmipc__hdr h;
     int problems = 0;
     struct stat st;
-    memcpy(&h, r->base, sizeof h);
     if (fstat(r->fd, &st) == 0 && (st.st_mode & S_IWOTH) != 0) {
         /* Opening such a file is safe (the file is untrusted input either
          * way), but any local user can corrupt or wedge it. */
@@ -915,8 +914,10 @@ int mmipc_region_check(mmipc_region *r, mmipc_check_fn fn, void *arg)
     if (fstat(r->fd, &st) == 0 && (uint64_t)st.st_size != r->size) {
         mmipc__report(fn, arg, "header", "file is %lld bytes but was mapped at %llu (truncated or grown by another process)",
                (long long)st.st_size, (unsigned long long)r->size);
-        problems++;
+        /* Pages past a truncated end raise SIGBUS: look no further. */
+        return problems + 1;
     }
+    memcpy(&h, r->base, sizeof h);
     int hrc = validate_hdr(&h, r->size);
     if (hrc != 0) {
         mmipc__report(fn, arg, "header", "invalid header: %s", mmipc_strerror(hrc));

@@ -16,6 +16,7 @@ static const struct entry suites[] = {
     {"sync", make_sync_suite},
     {"ring", make_ring_suite},
     {"kv", make_kv_suite},
+    {"hostile", make_hostile_suite},
 };
 
 int main(int argc, char **argv)
@@ -33,7 +34,7 @@ int main(int argc, char **argv)
             srunner_add_suite(sr, suites[i].make());
     }
     if (sr == NULL) {
-        fprintf(stderr, "usage: %s [region|sync|ring|kv]...\n", argv[0]);
+        fprintf(stderr, "usage: %s [region|sync|ring|kv|hostile]...\n", argv[0]);
         return 2;
     }
     srunner_run_all(sr, CK_NORMAL);

@@ -14,6 +14,7 @@ Suite *make_region_suite(void);
 Suite *make_sync_suite(void);
 Suite *make_ring_suite(void);
 Suite *make_kv_suite(void);
+Suite *make_hostile_suite(void);
 
 /* A fresh private directory for this test process (created on first use,
  * removed with everything in it by th_cleanup()). */

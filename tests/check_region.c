@@ -38,69 +38,21 @@ struct shared {
 };
 static struct shared *sh;
 
-/* Liveness deadlines stretch with CK_TIMEOUT_MULTIPLIER, and under
- * valgrind (`make check-valgrind`), which slows every process down. */
-static int slow(int ms)
-{
-    static int mult;
-    if (mult == 0) {
-        const char *e = getenv("CK_TIMEOUT_MULTIPLIER");
-        const char *pre = getenv("LD_PRELOAD");
-        mult = e != NULL && atoi(e) > 0 ? atoi(e) : 1;
-        if (pre != NULL && strstr(pre, "vgpreload") != NULL && mult < 20)
-            mult = 20;
-    }
-    return ms * mult;
-}
-
-/* Helper processes still to reap; killed by the teardown if a test fails
- * (matters with CK_FORK=no, where nobody else would kill them). */
-#define MAX_KIDS 32
-static pid_t kids[MAX_KIDS];
-static int nkids;
-
-static void forget_kid(pid_t pid)
-{
-    for (int i = 0; i < nkids; i++) {
-        if (kids[i] == pid) {
-            kids[i] = kids[--nkids];
-            return;
-        }
-    }
-}
-
-static pid_t spawn(int (*fn)(void *), void *arg)
-{
-    ck_assert_int_lt(nkids, MAX_KIDS);
-    pid_t pid = th_spawn(fn, arg);
-    kids[nkids++] = pid;
-    return pid;
-}
-
-static int reap(pid_t pid, int timeout_ms)
-{
-    int st = th_wait(pid, slow(timeout_ms));
-    forget_kid(pid);
-    return st;
-}
-
-static void kill_kid(pid_t pid)
-{
-    th_kill(pid);
-    forget_kid(pid);
-}
+/* Tracked helper processes and stretched deadlines: tests/helpers.c. */
+#define slow th_slow
+#define spawn th_spawn_tracked
+#define reap th_reap
+#define kill_kid th_kill_tracked
 
 static void setup(void)
 {
     sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     ck_assert_msg(sh != MAP_FAILED, "mmap: %s", strerror(errno));
-    nkids = 0;
 }
 
 static void teardown(void)
 {
-    while (nkids > 0)
-        kill_kid(kids[0]);
+    th_kill_all_tracked();
     if (sh != NULL && sh != MAP_FAILED)
         munmap(sh, sizeof *sh);
     sh = NULL;

@@ -99,6 +99,61 @@ void th_kill(pid_t pid)
     }
 }
 
+int th_slow(int ms)
+{
+    static int mult;
+    if (mult == 0) {
+        const char *e = getenv("CK_TIMEOUT_MULTIPLIER");
+        const char *pre = getenv("LD_PRELOAD");
+        mult = e != NULL && atoi(e) > 0 ? atoi(e) : 1;
+        if (pre != NULL && strstr(pre, "vgpreload") != NULL && mult < 20)
+            mult = 20;
+    }
+    return ms * mult;
+}
+
+#define MAX_KIDS 32
+static pid_t kids[MAX_KIDS];
+static int nkids;
+
+static void forget_kid(pid_t pid)
+{
+    for (int i = 0; i < nkids; i++) {
+        if (kids[i] == pid) {
+            kids[i] = kids[--nkids];
+            return;
+        }
+    }
+}
+
+pid_t th_spawn_tracked(int (*fn)(void *), void *arg)
+{
+    ck_assert_int_lt(nkids, MAX_KIDS);
+    pid_t pid = th_spawn(fn, arg);
+    kids[nkids++] = pid;
+    return pid;
+}
+
+int th_reap(pid_t pid, int timeout_ms)
+{
+    int st = th_wait(pid, th_slow(timeout_ms));
+    forget_kid(pid);
+    return st;
+}
+
+void th_kill_tracked(pid_t pid)
+{
+    th_kill(pid);
+    forget_kid(pid);
+}
+
+void th_kill_all_tracked(void)
+{
+    /* SIGKILL also ends a stopped helper. */
+    while (nkids > 0)
+        th_kill_tracked(kids[0]);
+}
+
 uint64_t th_rand(uint64_t *s)
 {
     uint64_t x = *s ? *s : 0x9E3779B97F4A7C15ull;

@@ -34,6 +34,18 @@ int th_wait(pid_t pid, int timeout_ms);
 /* SIGKILL and reap. */
 void th_kill(pid_t pid);
 
+/* A liveness deadline stretched by CK_TIMEOUT_MULTIPLIER, and 20x under
+ * valgrind (`make check-valgrind`), which slows every process down. */
+int th_slow(int ms);
+/* th_spawn, remembering the child so th_kill_all_tracked() (a teardown)
+ * can end it if the test fails first (matters with CK_FORK=no). */
+pid_t th_spawn_tracked(int (*fn)(void *arg), void *arg);
+/* th_wait with th_slow(timeout_ms), forgetting the child. */
+int th_reap(pid_t pid, int timeout_ms);
+/* th_kill, forgetting the child. */
+void th_kill_tracked(pid_t pid);
+void th_kill_all_tracked(void);
+
 /* Small deterministic PRNG (xorshift64*). */
 uint64_t th_rand(uint64_t *state);
 

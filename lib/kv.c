@@ -113,6 +113,11 @@ static int snap_slot(mmipc_kv *kv, uint32_t i, const char *want_key, size_t want
                      size_t cap, int all_values, int stable, struct snap *s, int *match)
 {
     uint64_t *wp = word_of(kv, i);
+    /* The active half is only known once the word is loaded; fetch the
+     * whole slot at once so its cache misses overlap instead of queueing
+     * behind the word's (a big table is cache-miss bound). */
+    for (uint64_t off = 0; off < kv->slot_size && off < 8 * MMIPC__LINE; off += MMIPC__LINE)
+        __builtin_prefetch((const uint8_t *)wp + off, 0, 0);
     for (int attempt = 0; attempt < (stable ? 1 : READ_RETRIES); attempt++) {
         uint64_t w1 = mmipc__load_acquire(wp);
         int bad = 0;

@@ -437,8 +437,7 @@ static int mm_region_make(struct link *l, size_t want_size, char *why, size_t wh
 }
 
 /* 0 ready, 1 skip (why says so), -1 failure. */
-static int link_prepare(struct link *l, const struct transport *t, size_t msgmax, int ndir, char *why,
-                        size_t whylen)
+static int link_prepare(struct link *l, const struct transport *t, size_t msgmax, int ndir, char *why, size_t whylen)
 {
     memset(l, 0, sizeof *l);
     l->t = t;
@@ -463,8 +462,9 @@ static int link_prepare(struct link *l, const struct transport *t, size_t msgmax
                 long mx = proc_long("/proc/sys/fs/pipe-max-size");
                 if (mx > 0)
                     (void)fcntl(l->fds[d][1], F_SETPIPE_SZ, (int)mx);
-                sfmt(g_buf_note[0], sizeof g_buf_note[0], "pipe: F_SETPIPE_SZ(%zu): %s; used %d bytes (fs.pipe-max-size)",
-                     l->cap, strerror(err), fcntl(l->fds[d][1], F_GETPIPE_SZ));
+                sfmt(g_buf_note[0], sizeof g_buf_note[0],
+                     "pipe: F_SETPIPE_SZ(%zu): %s; used %d bytes (fs.pipe-max-size)", l->cap, strerror(err),
+                     fcntl(l->fds[d][1], F_GETPIPE_SZ));
             }
         }
         return 0;
@@ -482,7 +482,7 @@ static int link_prepare(struct link *l, const struct transport *t, size_t msgmax
         getsockopt(l->fds[0][0], SOL_SOCKET, SO_SNDBUF, &got, &gl);
         if (got < sz) /* Linux reports twice what it was asked */
             sfmt(g_buf_note[1], sizeof g_buf_note[1],
-                     "socketpair: SO_SNDBUF %d asked, kernel capped it at %d (net.core.wmem_max)", sz, got);
+                 "socketpair: SO_SNDBUF %d asked, kernel capped it at %d (net.core.wmem_max)", sz, got);
         return 0;
     }
     case K_MQ:
@@ -503,8 +503,8 @@ static int link_prepare(struct link *l, const struct transport *t, size_t msgmax
                 if (l->mq[d] != (mqd_t)-1) {
                     if (i > 0)
                         sfmt(g_buf_note[2], sizeof g_buf_note[2],
-                                 "posix-mq: maxmsg %ld refused at %zu B (%s), used %ld", tries[0], msgmax,
-                                 strerror(err), tries[i]);
+                             "posix-mq: maxmsg %ld refused at %zu B (%s), used %ld", tries[0], msgmax, strerror(err),
+                             tries[i]);
                     break;
                 }
                 err = errno;
@@ -784,8 +784,7 @@ static ssize_t end_recv(struct end *e, const void **p)
             *p = e->buf;
         }
         if (n < 0)
-            sfmt(e->err, sizeof e->err, "mmipc_ring_%s: %s", l->t->zc ? "peek" : "recv",
-                     mmipc_strerror((int)n));
+            sfmt(e->err, sizeof e->err, "mmipc_ring_%s: %s", l->t->zc ? "peek" : "recv", mmipc_strerror((int)n));
         return n;
     case K_PIPE:
     case K_SOCK:
@@ -1153,8 +1152,7 @@ static enum outcome run_children(struct run *r, void (*fn)(struct child *), char
             if (!alive[i])
                 continue;
             describe_child(r->pid[i], d, sizeof d);
-            sfmt(hung + at, sizeof hung - at, "%s#%d %s, %" PRIu64 " done", at ? "; " : "", i, d,
-                 r->ctl->res[i].count);
+            sfmt(hung + at, sizeof hung - at, "%s#%d %s, %" PRIu64 " done", at ? "; " : "", i, d, r->ctl->res[i].count);
             at = strlen(hung);
         }
     }
@@ -1210,8 +1208,7 @@ struct series {
 static struct series *g_ser;
 static size_t g_nser, g_capser;
 
-static struct series *ser(const char *wl, const char *tr, size_t size, const char *metric, const char *unit,
-                          double q)
+static struct series *ser(const char *wl, const char *tr, size_t size, const char *metric, const char *unit, double q)
 {
     for (size_t i = 0; i < g_nser; i++) {
         struct series *s = &g_ser[i];
@@ -1577,8 +1574,8 @@ static void w1_print(size_t size, const struct transport *const *ts, int nt, con
     char a[48], b[48], c[24], d[24], r1[16], r2[16], r3[16];
     printf("\n%s, %s messages\n    (microseconds per round trip; median of runs, [min-max] over runs)\n", title,
            size_name(size));
-    printf("  %-14s %-22s %-22s %8s %8s %10s %10s %10s\n", "transport", "p50", "p99", "p99.9", "max",
-           "mmipc/x50", "mmipc/x99", "sleep/x50");
+    printf("  %-14s %-22s %-22s %8s %8s %10s %10s %10s\n", "transport", "p50", "p99", "p99.9", "max", "mmipc/x50",
+           "mmipc/x99", "sleep/x50");
     for (int i = 0; i < nt; i++) {
         const char *n = ts[i]->name, *w = skip_why("W1", n, size, "p50");
         if (w) {
@@ -1611,7 +1608,8 @@ static void w1_print(size_t size, const struct transport *const *ts, int nt, con
     }
     double sl = med("W1", spin, size, "sleeps_per_rt"), ss = sleep ? med("W1", sleep, size, "sleeps_per_rt") : NAN;
     if (isfinite(sl))
-        printf("  mmipc futex sleeps per round trip (warm-up included): %s %.2f%s", spin, sl, isfinite(ss) ? "," : "\n");
+        printf("  mmipc futex sleeps per round trip (warm-up included): %s %.2f%s", spin, sl,
+               isfinite(ss) ? "," : "\n");
     if (isfinite(ss))
         printf(" %s %.2f\n", sleep, ss);
     fflush(stdout);
@@ -1844,9 +1842,8 @@ static enum outcome stream_once(const struct transport *t, size_t size, int npro
             }
             uint64_t want_sum = sent % 2 ? sent * ((sent - 1) / 2) : (sent / 2) * (sent - 1);
             if (got != sent || sum != want_sum) {
-                sfmt(why, whylen,
-                         "producer %d sent %" PRIu64 " messages, consumers got %" PRIu64 " (sequence sum %s)", p,
-                         sent, got, sum == want_sum ? "ok" : "wrong: lost or duplicated messages");
+                sfmt(why, whylen, "producer %d sent %" PRIu64 " messages, consumers got %" PRIu64 " (sequence sum %s)",
+                     p, sent, got, sum == want_sum ? "ok" : "wrong: lost or duplicated messages");
                 oc = RUN_FAIL;
             }
         }
@@ -1909,8 +1906,7 @@ static void cost_once(const struct transport *t, size_t size)
 static void w2_print(size_t size, const struct transport *const *ts, int nt)
 {
     char a[48], m[24], r1[16], r2[16];
-    printf("\nW2  one-way stream, 1 producer -> 1 consumer, %s messages (median of runs [min-max])\n",
-           size_name(size));
+    printf("\nW2  one-way stream, 1 producer -> 1 consumer, %s messages (median of runs [min-max])\n", size_name(size));
     printf("  %-13s %-26s %-9s %9s %9s\n", "transport", "msgs/s", "MB/s", "mmipc/x", "zc/x");
     for (int i = 0; i < nt; i++) {
         const char *n = ts[i]->name, *w = skip_why("W2", n, size, "msgs_per_s");
@@ -1951,16 +1947,16 @@ static void w2_cost_print(const size_t *sizes, int ns, const struct transport *c
                 continue;
             char vv[48], sy[64];
             sfmt(vv, sizeof vv, "%s / %s", fmt_fix(b, sizeof b, med("W2", n, size, "vcsw_per_kmsg")),
-                     fmt_fix(c, sizeof c, med("W2", n, size, "ivcsw_per_kmsg")));
+                 fmt_fix(c, sizeof c, med("W2", n, size, "ivcsw_per_kmsg")));
             double st = med("W2", n, size, "syscalls_per_msg");
             if (isfinite(st))
                 sfmt(sy, sizeof sy, "%s (%s + %s)", fmt_fix(d, sizeof d, st),
-                         fmt_fix(e, sizeof e, med("W2", n, size, "syscalls_tx_per_msg")),
-                         fmt_fix(f, sizeof f, med("W2", n, size, "syscalls_rx_per_msg")));
+                     fmt_fix(e, sizeof e, med("W2", n, size, "syscalls_tx_per_msg")),
+                     fmt_fix(f, sizeof f, med("W2", n, size, "syscalls_rx_per_msg")));
             else
                 sfmt(sy, sizeof sy, "-");
-            printf("  %-13s %9s %15s %24s %8s\n", n, fmt_fix(a, sizeof a, med("W2", n, size, "cpu_s_per_Mmsg")), vv,
-                   sy, fmt_fix(f, sizeof f, med("W2", n, size, "sleeps_per_kmsg")));
+            printf("  %-13s %9s %15s %24s %8s\n", n, fmt_fix(a, sizeof a, med("W2", n, size, "cpu_s_per_Mmsg")), vv, sy,
+                   fmt_fix(f, sizeof f, med("W2", n, size, "sleeps_per_kmsg")));
         }
     }
     fflush(stdout);
@@ -2245,8 +2241,7 @@ static void kv_child(struct child *c)
             cexit(c, CX_FAIL, "%s %s: %s", getter ? "get" : "put", ks->keys[k], kvh_err(&h, rc));
         if (getter && rc == 0)
             cfail(c, "get %s: wrong or torn value", ks->keys[k]);
-        if ((++n & 255) == 0 &&
-            (now_ns() >= stop || (!getter && __atomic_load_n(&r->ctl->stop, __ATOMIC_ACQUIRE))))
+        if ((++n & 255) == 0 && (now_ns() >= stop || (!getter && __atomic_load_n(&r->ctl->stop, __ATOMIC_ACQUIRE))))
             break;
     }
     meter_end(c, n);
@@ -2270,7 +2265,8 @@ static void w5_once(struct run *proto, enum kvmode mode)
         for (int i = 0; i < r.nchild; i++) {
             const struct child_res *x = &r.ctl->res[i];
             const char *op = mode == KV_GET ? "get" : mode == KV_PUT ? "put" : g_kvop[2 + i];
-            ser_add("W5", r.t->name, KV_VAL, op, "ops/s", -1, (double)x->count / ((double)(x->t_end - x->t_start) / 1e9));
+            ser_add("W5", r.t->name, KV_VAL, op, "ops/s", -1,
+                    (double)x->count / ((double)(x->t_end - x->t_start) / 1e9));
         }
     } else if (oc == RUN_SKIP) {
         ser_skip("W5", r.t->name, KV_VAL, "get", why);
@@ -2442,7 +2438,8 @@ static void run_w5(void)
                fmt_ratio(x, sizeof x, med("W5", "mmipc", KV_VAL, g_kvop[op]) / med("W5", "lmdb", KV_VAL, g_kvop[op])));
     }
 #ifdef HAVE_LMDB
-    printf("  lmdb: MDB_NOSYNC|MDB_WRITEMAP, one write transaction per put; gets renew/reset one read-only txn each.\n");
+    printf(
+        "  lmdb: MDB_NOSYNC|MDB_WRITEMAP, one write transaction per put; gets renew/reset one read-only txn each.\n");
     if (!have_l && skip_why("W5", "lmdb", KV_VAL, "get"))
         printf("  lmdb: n/a: %s\n", skip_why("W5", "lmdb", KV_VAL, "get"));
 #else
@@ -2482,11 +2479,10 @@ static void targets(void)
     target("W2 1 MiB mmipc-zc / memcpy >= 0.8x", med("W2", "mmipc-zc", MiB, "MB_per_s") / mc, 0, 0.8);
     target("W2 64 B syscalls/msg (both sides) < 0.01", med("W2", "mmipc", 64, "syscalls_per_msg"), 1, 0.01);
     /* W1 64 B */
-    target("W1 64 B p50 mmipc / pipe <= 0.02x", med("W1", "mmipc", 64, "p50") / med("W1", "pipe", 64, "p50"), 1,
-           0.02);
+    target("W1 64 B p50 mmipc / pipe <= 0.02x", med("W1", "mmipc", 64, "p50") / med("W1", "pipe", 64, "p50"), 1, 0.02);
     target("W1 64 B p99 mmipc / pipe <= 0.1x", med("W1", "mmipc", 64, "p99") / med("W1", "pipe", 64, "p99"), 1, 0.1);
-    target("W1 64 B p50 mmipc-sleep / pipe <= 1.2x",
-           med("W1", "mmipc-sleep", 64, "p50") / med("W1", "pipe", 64, "p50"), 1, 1.2);
+    target("W1 64 B p50 mmipc-sleep / pipe <= 1.2x", med("W1", "mmipc-sleep", 64, "p50") / med("W1", "pipe", 64, "p50"),
+           1, 1.2);
     target("W1 64 B pinned p50 mmipc / pipe <= 1.0x",
            med("W1", "mmipc-pinned", 64, "p50") / med("W1", "pipe-pinned", 64, "p50"), 1, 1.0);
     /* W3 */
@@ -2524,8 +2520,9 @@ static int cmp_ser(const void *a, const void *b)
     const struct series *x = *(const struct series *const *)a, *y = *(const struct series *const *)b;
     int c = strcmp(x->wl, y->wl);
     if (!c && x->q >= 0 && y->q >= 0) /* latency rows: by transport, size, quantile */
-        c = strcmp(x->tr, y->tr) ? strcmp(x->tr, y->tr) : x->size != y->size ? (x->size < y->size ? -1 : 1)
-                                                                                 : cmp_double(&x->q, &y->q);
+        c = strcmp(x->tr, y->tr) ? strcmp(x->tr, y->tr)
+            : x->size != y->size ? (x->size < y->size ? -1 : 1)
+                                 : cmp_double(&x->q, &y->q);
     if (!c)
         c = strcmp(x->metric, y->metric);
     if (!c)
@@ -2585,13 +2582,15 @@ static void probe_syscall_counter(void)
     }
     if (g_sys_tp < 0) {
         sfmt(g_sys_why, sizeof g_sys_why,
-                 "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing, as root)");
+             "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing, as root)");
         return;
     }
     int fd = sysc_open();
     if (fd < 0) {
-        sfmt(g_sys_why, sizeof g_sys_why, "perf_event_open(raw_syscalls:sys_enter): %s (needs root or "
-                 "kernel.perf_event_paranoid <= -1)", strerror(errno));
+        sfmt(g_sys_why, sizeof g_sys_why,
+             "perf_event_open(raw_syscalls:sys_enter): %s (needs root or "
+             "kernel.perf_event_paranoid <= -1)",
+             strerror(errno));
         g_sys_tp = -1;
         return;
     }

@@ -126,9 +126,9 @@ MMIPC_EXPORT int mmipc_region_sync(mmipc_region *r);
 /** Facts about a region, read without taking any lock. */
 struct mmipc_region_info {
     uint32_t format_major, format_minor;
-    uint64_t size;       /**< file size in bytes */
-    uint64_t used;       /**< bytes taken by the header, directory and objects */
-    uint64_t free;       /**< bytes left for new objects */
+    uint64_t size; /**< file size in bytes */
+    uint64_t used; /**< bytes taken by the header, directory and objects */
+    uint64_t free; /**< bytes left for new objects */
     uint32_t max_objects, objects;
     uint32_t max_leases, leases; /**< lease slots, and those in use */
     uint32_t page_size;          /**< page size of the creator */
@@ -267,8 +267,7 @@ MMIPC_EXPORT int mmipc_ring_set_spin(mmipc_ring *q, unsigned spin_us); /* 0, -EI
  * bytes.  Errors as mmipc_ring_create; -EINVAL for slots == 0 or sizes that
  * overflow.
  */
-MMIPC_EXPORT int mmipc_kv_create(mmipc_region *r, const char *name, unsigned slots, size_t value_max,
-                                 mmipc_kv **out);
+MMIPC_EXPORT int mmipc_kv_create(mmipc_region *r, const char *name, unsigned slots, size_t value_max, mmipc_kv **out);
 /** Open an existing kv table.  -ENOENT, -EINVAL (not a kv table), -EBADMSG. */
 MMIPC_EXPORT int mmipc_kv_open(mmipc_region *r, const char *name, mmipc_kv **out);
 
@@ -305,12 +304,12 @@ typedef int (*mmipc_kv_fn)(const char *key, const void *val, size_t len, uint64_
 MMIPC_EXPORT int mmipc_kv_foreach(mmipc_kv *kv, mmipc_kv_fn fn, void *arg);
 
 struct mmipc_kv_stat {
-    uint64_t slots;      /**< slot count */
-    uint64_t value_max;  /**< largest value */
-    uint64_t used;       /**< live keys */
-    uint64_t tombstones; /**< deleted slots not yet reusable by lookups */
-    uint64_t puts, dels; /**< successful put/cas, del */
-    uint64_t recoveries; /**< EOWNERDEAD repairs */
+    uint64_t slots;        /**< slot count */
+    uint64_t value_max;    /**< largest value */
+    uint64_t used;         /**< live keys */
+    uint64_t tombstones;   /**< deleted slots not yet reusable by lookups */
+    uint64_t puts, dels;   /**< successful put/cas, del */
+    uint64_t recoveries;   /**< EOWNERDEAD repairs */
     uint64_t last_version; /**< highest version handed out */
 };
 /** Fill `st` without taking any lock.  0 or -EBADMSG. */

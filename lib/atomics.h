@@ -8,7 +8,7 @@
 #define mmipc__store_relaxed(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
 #define mmipc__store_release(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 #define mmipc__fetch_add(p, v) __atomic_fetch_add((p), (v), __ATOMIC_RELAXED)
-#define mmipc__cas(p, expp, desired)                                                          \
+#define mmipc__cas(p, expp, desired)                                                                                   \
     __atomic_compare_exchange_n((p), (expp), (desired), 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)
 #define mmipc__fence() __atomic_thread_fence(__ATOMIC_SEQ_CST)
 #define mmipc__fence_acquire() __atomic_thread_fence(__ATOMIC_ACQUIRE)

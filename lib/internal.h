@@ -81,9 +81,7 @@ void mmipc__report(mmipc_check_fn fn, void *arg, const char *obj, const char *fm
 /* Per-kind hooks called by region.c. */
 void mmipc__ring_cold(mmipc_region *r, uint8_t *obj, uint64_t size);
 void mmipc__kv_cold(mmipc_region *r, uint8_t *obj, uint64_t size);
-int mmipc__ring_check(mmipc_region *r, const char *name, uint8_t *obj, uint64_t size, mmipc_check_fn fn,
-                      void *arg);
-int mmipc__kv_check(mmipc_region *r, const char *name, uint8_t *obj, uint64_t size, mmipc_check_fn fn,
-                    void *arg);
+int mmipc__ring_check(mmipc_region *r, const char *name, uint8_t *obj, uint64_t size, mmipc_check_fn fn, void *arg);
+int mmipc__kv_check(mmipc_region *r, const char *name, uint8_t *obj, uint64_t size, mmipc_check_fn fn, void *arg);
 
 #endif

@@ -144,8 +144,7 @@ static uint64_t layout_lease_off(uint32_t max_objects)
 
 static uint64_t layout_data_off(uint32_t max_objects, uint32_t max_leases)
 {
-    return mmipc__round_up(layout_lease_off(max_objects) + (uint64_t)max_leases * sizeof(struct mmipc__lease),
-                           4096);
+    return mmipc__round_up(layout_lease_off(max_objects) + (uint64_t)max_leases * sizeof(struct mmipc__lease), 4096);
 }
 
 /* Validate a header copy against the real file size.  Layout mismatches are
@@ -336,8 +335,7 @@ static void repair_dir(void *arg)
         if (mmipc__load_relaxed(&e->state) != MMIPC__DIR_BUILDING)
             continue;
         uint64_t off = mmipc__load_relaxed(&e->offset), sz = mmipc__load_relaxed(&e->size);
-        if (off >= r->data_off && mmipc__in_bounds(off, sz, r->size) &&
-            mmipc__load_relaxed(&h->alloc_next) == off + sz)
+        if (off >= r->data_off && mmipc__in_bounds(off, sz, r->size) && mmipc__load_relaxed(&h->alloc_next) == off + sz)
             mmipc__store_relaxed(&h->alloc_next, off);
         mmipc__store_release(&e->state, MMIPC__DIR_FREE);
     }
@@ -765,8 +763,7 @@ int mmipc_region_open(const char *path, int flags, const struct mmipc_region_opt
     if (path == NULL || path[0] == '\0' || out == NULL)
         return -EINVAL;
     if ((flags & ~(MMIPC_CREATE | MMIPC_EXCL | MMIPC_RDONLY)) != 0 ||
-        ((flags & MMIPC_EXCL) && !(flags & MMIPC_CREATE)) ||
-        ((flags & MMIPC_RDONLY) && (flags & MMIPC_CREATE)))
+        ((flags & MMIPC_EXCL) && !(flags & MMIPC_CREATE)) || ((flags & MMIPC_RDONLY) && (flags & MMIPC_CREATE)))
         return -EINVAL;
     int rdonly = (flags & MMIPC_RDONLY) != 0;
     *out = NULL;
@@ -907,13 +904,15 @@ int mmipc_region_check(mmipc_region *r, mmipc_check_fn fn, void *arg)
     if (fstat(r->fd, &st) == 0 && (st.st_mode & S_IWOTH) != 0) {
         /* Opening such a file is safe (the file is untrusted input either
          * way), but any local user can corrupt or wedge it. */
-        mmipc__report(fn, arg, "file", "writable by every user (mode %04o): any local user can corrupt it; use 0600 or 0660",
+        mmipc__report(fn, arg, "file",
+                      "writable by every user (mode %04o): any local user can corrupt it; use 0600 or 0660",
                       (unsigned)(st.st_mode & 07777));
         problems++;
     }
     if (fstat(r->fd, &st) == 0 && (uint64_t)st.st_size != r->size) {
-        mmipc__report(fn, arg, "header", "file is %lld bytes but was mapped at %llu (truncated or grown by another process)",
-               (long long)st.st_size, (unsigned long long)r->size);
+        mmipc__report(fn, arg, "header",
+                      "file is %lld bytes but was mapped at %llu (truncated or grown by another process)",
+                      (long long)st.st_size, (unsigned long long)r->size);
         /* Pages past a truncated end raise SIGBUS: look no further. */
         return problems + 1;
     }
@@ -924,8 +923,8 @@ int mmipc_region_check(mmipc_region *r, mmipc_check_fn fn, void *arg)
         return problems + 1;
     }
     if (h.alloc_next < r->data_off || h.alloc_next > r->size) {
-        mmipc__report(fn, arg, "header", "allocation pointer %llu outside [%llu, %llu]", (unsigned long long)h.alloc_next,
-               (unsigned long long)r->data_off, (unsigned long long)r->size);
+        mmipc__report(fn, arg, "header", "allocation pointer %llu outside [%llu, %llu]",
+                      (unsigned long long)h.alloc_next, (unsigned long long)r->data_off, (unsigned long long)r->size);
         problems++;
     }
     for (uint32_t i = 0; i < r->max_leases; i++) {
@@ -953,8 +952,9 @@ int mmipc_region_check(mmipc_region *r, mmipc_check_fn fn, void *arg)
             continue;
         }
         if (rc != 0) {
-            mmipc__report(fn, arg, where, "invalid entry (name not terminated, or offset %llu size %llu outside the file)",
-                   (unsigned long long)e.offset, (unsigned long long)e.size);
+            mmipc__report(fn, arg, where,
+                          "invalid entry (name not terminated, or offset %llu size %llu outside the file)",
+                          (unsigned long long)e.offset, (unsigned long long)e.size);
             problems++;
             continue;
         }

@@ -38,7 +38,7 @@
 #include "internal.h"
 
 #define DEFAULT_SPIN_US 50
-#define UNTIMED_LOCK_MS 5000 /* calls without a timeout give up on a stopped peer after this */
+#define UNTIMED_LOCK_MS 5000         /* calls without a timeout give up on a stopped peer after this */
 #define RECLAIM_EVERY_NS 20000000ull /* look for dead owners at most every 20 ms per handle */
 #define REC_HDR ((uint64_t)sizeof(struct mmipc__rec))
 #define REC_ALIGN 16u
@@ -187,8 +187,7 @@ static int reclaim_locked(mmipc_ring *q)
         if ((k == MMIPC__REC_RESERVED || k == MMIPC__REC_PEEKED) && !mmipc__owner_alive(q->r, st & 0x0fffffffu)) {
             uint32_t want = st;
             uint32_t to = k == MMIPC__REC_RESERVED ? MMIPC__REC_DISCARD : MMIPC__REC_READY;
-            if (__atomic_compare_exchange_n(&rec_at(q, p)->state, &want, to, 0, __ATOMIC_ACQ_REL,
-                                            __ATOMIC_ACQUIRE)) {
+            if (__atomic_compare_exchange_n(&rec_at(q, p)->state, &want, to, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
                 mmipc__fetch_add(&q->q->recoveries, 1);
                 if (to == MMIPC__REC_READY)
                     out |= 1;
@@ -331,8 +330,7 @@ static int find_ready(mmipc_ring *q, uint64_t *pos, uint64_t *len, uint64_t *siz
  * spinning.  At zero budget every 16th wait still probes with a short spin.
  * Returns 1 if a word changed.
  */
-static int spin_until_changed(mmipc_ring *q, const uint64_t *word, uint64_t seen, const uint64_t *word2,
-                              uint64_t seen2)
+static int spin_until_changed(mmipc_ring *q, const uint64_t *word, uint64_t seen, const uint64_t *word2, uint64_t seen2)
 {
     if (!q->may_spin || q->spin_us == 0)
         return 0;
@@ -662,8 +660,7 @@ int mmipc_ring_commit(mmipc_ring *q, void *ptr)
     if (pos - h >= q->cap) /* reserved through another handle, whose cache we lack */
         h = mmipc__load_acquire(&q->q->head);
     if (t - pos > q->cap || pos - h >= q->cap || !rec_is_at(q, rec, pos, h, t) ||
-        MMIPC__REC_KIND(st) != MMIPC__REC_RESERVED ||
-        !mmipc__owner_is_me(q->r, st & 0x0fffffffu))
+        MMIPC__REC_KIND(st) != MMIPC__REC_RESERVED || !mmipc__owner_is_me(q->r, st & 0x0fffffffu))
         return -EINVAL;
     /* CAS: a reclaimer that wrongly judged us dead must not be overwritten
      * (and we must not publish a record it already discarded). */

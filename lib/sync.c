@@ -248,8 +248,8 @@ void mmipc__cond_broadcast(struct mmipc__cond *c)
     syscall(SYS_futex, &c->seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
-int mmipc__cond_wait(struct mmipc__cond *c, pthread_mutex_t *m, struct mmipc__deadline *d,
-                     mmipc__repair_fn repair, void *arg)
+int mmipc__cond_wait(struct mmipc__cond *c, pthread_mutex_t *m, struct mmipc__deadline *d, mmipc__repair_fn repair,
+                     void *arg)
 {
     uint32_t seq = mmipc__cond_arm(c);
     int rc;

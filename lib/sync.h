@@ -25,8 +25,8 @@
 
 #include "layout.h"
 
-#define MMIPC__SLICE_MS 100      /* longest single futex sleep */
-#define MMIPC__LOCK_GRACE_MS 5   /* how long timeout 0 may wait for a peer's critical section */
+#define MMIPC__SLICE_MS 100    /* longest single futex sleep */
+#define MMIPC__LOCK_GRACE_MS 5 /* how long timeout 0 may wait for a peer's critical section */
 
 /* A caller's timeout, made absolute on CLOCK_MONOTONIC once at entry. */
 struct mmipc__deadline {
@@ -79,8 +79,8 @@ void mmipc__cond_broadcast(struct mmipc__cond *c);
  * relock (0 or 1), or the deadline error (mutex NOT held then), or a lock
  * error (mutex not held).  Callers loop re-checking their predicate.
  */
-int mmipc__cond_wait(struct mmipc__cond *c, pthread_mutex_t *m, struct mmipc__deadline *d,
-                     mmipc__repair_fn repair, void *arg);
+int mmipc__cond_wait(struct mmipc__cond *c, pthread_mutex_t *m, struct mmipc__deadline *d, mmipc__repair_fn repair,
+                     void *arg);
 
 /* How many CPUs this process may run on (spinning is useless on one). */
 int mmipc__cpus_allowed(void);

@@ -12,11 +12,8 @@ struct entry {
 };
 
 static const struct entry suites[] = {
-    {"region", make_region_suite},
-    {"sync", make_sync_suite},
-    {"ring", make_ring_suite},
-    {"kv", make_kv_suite},
-    {"hostile", make_hostile_suite},
+    {"region", make_region_suite}, {"sync", make_sync_suite},       {"ring", make_ring_suite},
+    {"kv", make_kv_suite},         {"hostile", make_hostile_suite},
 };
 
 int main(int argc, char **argv)

@@ -1189,7 +1189,6 @@ START_TEST(test_forged_pointer)
 }
 END_TEST
 
-
 /*
  * One producer alternates reserve/commit and send; two consumers alternate
  * recv and peek/release: each must see the producer's sequence increase.  Regression: a consumer

@@ -100,7 +100,8 @@ static int ring_geometry(const uint8_t *obj, uint64_t size, uint64_t *cap, uint6
 
 /* Size of the record at pos (checked against the buffer end and the limit
  * `end`), or 0 if it is corrupt.  *st receives its state. */
-static inline __attribute__((always_inline)) uint64_t rec_check(mmipc_ring *q, uint64_t pos, uint64_t end, uint32_t *st)
+static inline __attribute__((always_inline)) uint64_t rec_check(mmipc_ring *q, uint64_t pos, uint64_t end, uint32_t *st,
+                                                                uint64_t *lenp)
 {
     uint64_t off = pos & q->mask;
     struct mmipc__rec *rec = (struct mmipc__rec *)(q->data + off);
@@ -134,6 +135,8 @@ static inline __attribute__((always_inline)) uint64_t rec_check(mmipc_ring *q, u
     if (end < pos || size > end - pos)
         return 0;
     *st = state;
+    if (lenp != NULL)
+        *lenp = len;
     return size;
 }
 
@@ -154,7 +157,7 @@ static int advance_head(mmipc_ring *q, uint64_t h, uint64_t t)
     uint64_t p = h;
     while (p < t) {
         uint32_t st;
-        uint64_t size = rec_check(q, p, t, &st);
+        uint64_t size = rec_check(q, p, t, &st, NULL);
         if (size == 0)
             return -EBADMSG;
         uint32_t k = MMIPC__REC_KIND(st);
@@ -180,7 +183,7 @@ static int reclaim_locked(mmipc_ring *q)
         return -EBADMSG;
     for (uint64_t p = h; p < t;) {
         uint32_t st;
-        uint64_t size = rec_check(q, p, t, &st);
+        uint64_t size = rec_check(q, p, t, &st, NULL);
         if (size == 0)
             return -EBADMSG;
         uint32_t k = MMIPC__REC_KIND(st);
@@ -228,7 +231,7 @@ static void repair_consumer(void *arg)
     if (check_positions(q, h, t) == 0) {
         uint32_t st;
         int taken = pos < h;
-        if (!taken && pos < t && rec_check(q, pos, t, &st) != 0)
+        if (!taken && pos < t && rec_check(q, pos, t, &st, NULL) != 0)
             taken = MMIPC__REC_KIND(st) == MMIPC__REC_DONE;
         if (taken && want == mmipc__load_relaxed(&q->q->received) + 1)
             mmipc__store_relaxed(&q->q->received, want);
@@ -303,13 +306,14 @@ static int find_ready(mmipc_ring *q, uint64_t *pos, uint64_t *len, uint64_t *siz
             continue;
         }
         uint32_t st;
-        uint64_t sz = rec_check(q, p, t, &st);
+        uint64_t rlen;
+        uint64_t sz = rec_check(q, p, t, &st, &rlen);
         if (sz == 0)
             return -EBADMSG;
         uint32_t k = MMIPC__REC_KIND(st);
         if (k == MMIPC__REC_READY) {
             *pos = p;
-            *len = mmipc__load_relaxed(&rec_at(q, p)->len);
+            *len = rlen; /* the length checked above, not a second read */
             *size = sz;
             *tail = t;
             return 1;
@@ -767,7 +771,7 @@ static int count_queued(mmipc_ring *q, uint64_t *h_out, uint64_t *t_out, uint64_
         int bad = check_positions(q, h, t) != 0;
         for (uint64_t p = h; !bad && p < t;) {
             uint32_t st;
-            uint64_t sz = rec_check(q, p, t, &st);
+            uint64_t sz = rec_check(q, p, t, &st, NULL);
             if (sz == 0) {
                 bad = 1;
                 break;
@@ -864,7 +868,7 @@ int mmipc__ring_check(mmipc_region *r, const char *name, uint8_t *obj, uint64_t 
     uint64_t ready = 0;
     for (uint64_t p = h; p < t;) {
         uint32_t st;
-        uint64_t sz = rec_check(&q, p, t, &st);
+        uint64_t sz = rec_check(&q, p, t, &st, NULL);
         if (sz == 0) {
             mmipc__report(fn, arg, name, "corrupt record at position %llu (offset %llu)", (unsigned long long)p,
                           (unsigned long long)(p & q.mask));

@@ -288,6 +288,7 @@ static int find_ready(mmipc_ring *q, uint64_t *pos, uint64_t *len, uint64_t *siz
     if (check_positions(q, h, t) != 0)
         return -EBADMSG;
     *blocked = 0;
+    int rescanned = 0;
     for (uint64_t p = h;;) {
         if (p >= t) {
             uint64_t t2 = mmipc__load_acquire(&q->q->tail);
@@ -311,6 +312,16 @@ static int find_ready(mmipc_ring *q, uint64_t *pos, uint64_t *len, uint64_t *siz
         if (sz == 0)
             return -EBADMSG;
         uint32_t k = MMIPC__REC_KIND(st);
+        if (k == MMIPC__REC_READY && *blocked && !rescanned) {
+            /* An older record was open when we looked.  If its producer
+             * committed it and then this one (two open reservations), this
+             * acquire load of READY makes the older commit visible: look
+             * again from head once, so one producer's order is kept. */
+            rescanned = 1;
+            p = h;
+            *blocked = 0;
+            continue;
+        }
         if (k == MMIPC__REC_READY) {
             *pos = p;
             *len = rlen; /* the length checked above, not a second read */
@@ -381,9 +392,17 @@ static ssize_t consume(mmipc_ring *q, void *buf, size_t cap, const void **ptr, e
         int blocked;
         int found = find_ready(q, &pos, &len, &size, &blocked, &tail);
         if (found == 0 && blocked) {
-            int rr = maybe_reclaim(q, &d, 1);
-            if (rr > 0)
+            int reclaimed;
+            reclaimed = maybe_reclaim(q, &d, 1);
+            if (reclaimed > 0) {
+                /* Rare path: wake whoever waits on what the reclaim freed
+                 * (no need to drop the lock for that). */
+                if (reclaimed & 2)
+                    mmipc__cond_broadcast(&q->q->nonfull);
+                if (reclaimed & 1)
+                    mmipc__cond_broadcast(&q->q->nonempty);
                 found = find_ready(q, &pos, &len, &size, &blocked, &tail);
+            }
         }
         if (found < 0) {
             mmipc__mutex_unlock(&q->q->clock.m);

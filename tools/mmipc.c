@@ -492,6 +492,29 @@ struct args {
     int npos;
 };
 
+static const char *const KV_KEY_ARGS[] = {"PATH", "KV", "KEY"};
+static const char *const RING_ARGS[] = {"PATH", "RING"};
+static const char *const KV_ARGS[] = {"PATH", "KV"};
+
+/* After parse_args: a usage error unless min <= npos <= max, naming the
+ * missing positional arguments ("missing KV and KEY"); else rc unchanged. */
+static int check_npos(const struct command *cmd, const struct args *a, int rc, int min, int max,
+                      const char *const *names)
+{
+    char missing[64] = "";
+    if (rc != CONTINUE || (a->npos >= min && a->npos <= max))
+        return rc;
+    if (a->npos > max)
+        return usage_error(cmd, "too many arguments");
+    for (int i = a->npos; i < min; i++)
+        snprintf(missing + strlen(missing), sizeof missing - strlen(missing), "%s%s",
+                 i == a->npos   ? ""
+                 : i == min - 1 ? " and "
+                                : ", ",
+                 names[i]);
+    return usage_error(cmd, "missing %s", missing);
+}
+
 static void print_help(const struct command *cmd, FILE *f)
 {
     fprintf(f, "Usage: mmipc %s %s\n%s.\n\nOptions:\n%s", cmd->name, cmd->synopsis, cmd->summary, cmd->help);
@@ -1407,8 +1430,7 @@ static int cmd_recv(const struct command *cmd, int argc, char **argv)
     struct io_opts o = {.timeout = -1};
     struct args a;
     int rc = parse_args(cmd, argc, argv, "t:n:r", longopts, io_opt, &o, &a);
-    if (rc == CONTINUE && a.npos != 2)
-        rc = usage_error(cmd, a.npos > 2 ? "too many arguments" : a.npos ? "missing RING" : "missing PATH and RING");
+    rc = check_npos(cmd, &a, rc, 2, 2, RING_ARGS);
     if (rc != CONTINUE) {
         free(a.pos);
         return rc;
@@ -1530,11 +1552,7 @@ static int cmd_put(const struct command *cmd, int argc, char **argv)
     struct io_opts o = {.timeout = -1};
     struct args a;
     int rc = parse_args(cmd, argc, argv, "", longopts, io_opt, &o, &a);
-    if (rc == CONTINUE && (a.npos < 3 || a.npos > 4))
-        rc = usage_error(cmd, a.npos > 4 ? "too many arguments" : "missing %s",
-                         a.npos == 2   ? "KEY"
-                         : a.npos == 1 ? "KV and KEY"
-                                       : "PATH, KV and KEY");
+    rc = check_npos(cmd, &a, rc, 3, 4, KV_KEY_ARGS);
     if (rc != CONTINUE) {
         free(a.pos);
         return rc;
@@ -1605,11 +1623,7 @@ static int cmd_get(const struct command *cmd, int argc, char **argv)
     struct io_opts o = {.timeout = -1};
     struct args a;
     int rc = parse_args(cmd, argc, argv, "vr", longopts, io_opt, &o, &a);
-    if (rc == CONTINUE && a.npos != 3)
-        rc = usage_error(cmd, a.npos > 3 ? "too many arguments" : "missing %s",
-                         a.npos == 2   ? "KEY"
-                         : a.npos == 1 ? "KV and KEY"
-                                       : "PATH, KV and KEY");
+    rc = check_npos(cmd, &a, rc, 3, 3, KV_KEY_ARGS);
     if (rc != CONTINUE) {
         free(a.pos);
         return rc;
@@ -1645,11 +1659,7 @@ static int cmd_del(const struct command *cmd, int argc, char **argv)
     struct io_opts o = {.timeout = -1};
     struct args a;
     int rc = parse_args(cmd, argc, argv, "", longopts, io_opt, &o, &a);
-    if (rc == CONTINUE && a.npos != 3)
-        rc = usage_error(cmd, a.npos > 3 ? "too many arguments" : "missing %s",
-                         a.npos == 2   ? "KEY"
-                         : a.npos == 1 ? "KV and KEY"
-                                       : "PATH, KV and KEY");
+    rc = check_npos(cmd, &a, rc, 3, 3, KV_KEY_ARGS);
     if (rc != CONTINUE) {
         free(a.pos);
         return rc;
@@ -1707,8 +1717,7 @@ static int cmd_ls(const struct command *cmd, int argc, char **argv)
     struct io_opts o = {.timeout = -1};
     struct args a;
     int rc = parse_args(cmd, argc, argv, "l", longopts, io_opt, &o, &a);
-    if (rc == CONTINUE && a.npos != 2)
-        rc = usage_error(cmd, a.npos > 2 ? "too many arguments" : a.npos ? "missing KV" : "missing PATH and KV");
+    rc = check_npos(cmd, &a, rc, 2, 2, KV_ARGS);
     if (rc != CONTINUE) {
         free(a.pos);
         return rc;
@@ -1778,11 +1787,7 @@ static int cmd_watch(const struct command *cmd, int argc, char **argv)
     struct io_opts o = {.timeout = -1};
     struct args a;
     int rc = parse_args(cmd, argc, argv, "t:n:vc", longopts, io_opt, &o, &a);
-    if (rc == CONTINUE && a.npos != 3)
-        rc = usage_error(cmd, a.npos > 3 ? "too many arguments" : "missing %s",
-                         a.npos == 2   ? "KEY"
-                         : a.npos == 1 ? "KV and KEY"
-                                       : "PATH, KV and KEY");
+    rc = check_npos(cmd, &a, rc, 3, 3, KV_KEY_ARGS);
     if (rc != CONTINUE) {
         free(a.pos);
         return rc;

@@ -819,16 +819,17 @@ int mmipc_region_info(mmipc_region *r, struct mmipc_region_info *info)
     memcpy(&copy, h, sizeof copy);
     if (validate_hdr(&copy, r->size) != 0)
         return -EBADMSG; /* scribbled since open */
-    info->format_major = h->major;
-    info->format_minor = h->minor;
+    /* Everything from the one validated copy, nothing read again. */
+    info->format_major = copy.major;
+    info->format_minor = copy.minor;
     info->size = r->size;
-    info->page_size = h->page_size;
+    info->page_size = copy.page_size;
     info->max_objects = r->max_objects;
     info->max_leases = r->max_leases;
-    info->cold_starts = mmipc__load_relaxed(&h->cold_starts);
-    memcpy(info->libc, h->libc, sizeof info->libc);
+    info->cold_starts = copy.cold_starts;
+    memcpy(info->libc, copy.libc, sizeof info->libc);
     info->libc[sizeof info->libc - 1] = '\0';
-    uint64_t next = mmipc__load_relaxed(&h->alloc_next);
+    uint64_t next = copy.alloc_next;
     if (next < r->data_off || next > r->size)
         return -EBADMSG;
     info->used = next;

@@ -878,25 +878,35 @@ int mmipc__ring_check(mmipc_region *r, const char *name, uint8_t *obj, uint64_t 
     q.cap = cap;
     q.mask = cap - 1;
     q.max_msg = max_msg;
-    uint64_t h = mmipc__load_acquire(&q.q->head), t = mmipc__load_acquire(&q.q->tail);
-    if (check_positions(&q, h, t) != 0) {
-        mmipc__report(fn, arg, name, "head %llu / tail %llu inconsistent (capacity %llu)", (unsigned long long)h,
-                      (unsigned long long)t, (unsigned long long)cap);
-        return 1;
-    }
-    uint64_t ready = 0;
-    for (uint64_t p = h; p < t;) {
-        uint32_t st;
-        uint64_t sz = rec_check(&q, p, t, &st, NULL);
-        if (sz == 0) {
-            mmipc__report(fn, arg, name, "corrupt record at position %llu (offset %llu)", (unsigned long long)p,
-                          (unsigned long long)(p & q.mask));
-            problems++;
-            break;
+    /* Lock-free walk of a ring that may be live: records behind a moving
+     * head can be overwritten under us, so a bad record only counts if head
+     * held still during the walk. */
+    for (int attempt = 0; attempt < 16; attempt++) {
+        uint64_t h = mmipc__load_acquire(&q.q->head), t = mmipc__load_acquire(&q.q->tail);
+        uint64_t bad_at = UINT64_MAX;
+        int bad_pos = check_positions(&q, h, t) != 0;
+        for (uint64_t p = h; !bad_pos && p < t;) {
+            uint32_t st;
+            uint64_t sz = rec_check(&q, p, t, &st, NULL);
+            if (sz == 0) {
+                bad_at = p;
+                break;
+            }
+            p += sz;
         }
-        if (MMIPC__REC_KIND(st) == MMIPC__REC_READY)
-            ready++;
-        p += sz;
+        mmipc__fence_acquire();
+        if (mmipc__load_relaxed(&q.q->head) != h)
+            continue;
+        if (bad_pos) {
+            mmipc__report(fn, arg, name, "head %llu / tail %llu inconsistent (capacity %llu)", (unsigned long long)h,
+                          (unsigned long long)t, (unsigned long long)cap);
+            problems++;
+        } else if (bad_at != UINT64_MAX) {
+            mmipc__report(fn, arg, name, "corrupt record at position %llu (offset %llu)", (unsigned long long)bad_at,
+                          (unsigned long long)(bad_at & q.mask));
+            problems++;
+        }
+        break;
     }
     return problems;
 }

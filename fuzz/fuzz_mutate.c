@@ -294,10 +294,10 @@ static void scribble(const uint8_t *arg)
         start = g.off_r1 + MMIPC__RING_DATA_OFF, len = g.size_r1 - MMIPC__RING_DATA_OFF;
         break;
     case FM_AREA_KV:
-        start = g.off_kv, len = MMIPC__KV_SLOTS_OFF;
+        start = g.off_kv, len = MMIPC__KV_WORDS_OFF;
         break;
     case FM_AREA_KV_SLOTS:
-        start = g.off_kv + MMIPC__KV_SLOTS_OFF, len = g.size_kv - MMIPC__KV_SLOTS_OFF;
+        start = g.off_kv + MMIPC__KV_WORDS_OFF, len = g.size_kv - MMIPC__KV_WORDS_OFF;
         break;
     default:
         start = 0, len = REGION_SIZE;

@@ -1,8 +1,8 @@
 /*
  * kv tables: fixed slots, string keys, versioned values, crash-safe.
  *
- * Open addressing with linear probing.  Each slot holds one word and two
- * halves (copies of key + value).  Writers serialise on the table lock, fill
+ * Open addressing with linear probing.  Each slot has one word (in a compact
+ * array of words) and a body of two halves (copies of key + value).  Writers serialise on the table lock, fill
  * the INACTIVE half and publish it with one release store of the word, which
  * carries a change count, the active half and the slot state (EMPTY, LIVE,
  * TOMB).  Consequences:
@@ -11,7 +11,11 @@
  *     nothing to repair;
  *   - readers take no lock: load word, copy the active half, load word again;
  *     equal words mean the copy is exact (a writer can only touch that half
- *     after a publish, which changes the word).
+ *     after a publish, which changes the word);
+ *   - the word carries a 16-bit tag of the key's hash, so a probe chain is
+ *     walked in the word array and only a slot whose tag matches has its
+ *     body read: a get on a large table costs one cache miss into the
+ *     bodies, not one per probe.
  * Deleted slots become tombstones so probe chains stay intact; a tombstone
  * whose successor is EMPTY is itself turned back to EMPTY (no live key's
  * chain can run through it), so churn does not fill the table with them.
@@ -33,6 +37,7 @@ struct mmipc_kv {
     struct mmipc__handle h;
     mmipc_region *r;
     struct mmipc__kv *t;
+    uint64_t *words;
     uint8_t *slots;
     uint32_t nslots;
     uint64_t value_max, half_size, slot_size;
@@ -40,7 +45,7 @@ struct mmipc_kv {
 
 struct geometry {
     uint32_t nslots;
-    uint64_t value_max, half_size, slot_size, total;
+    uint64_t value_max, half_size, slot_size, slots_off, total;
 };
 
 static void geometry_of(uint32_t nslots, uint64_t value_max, struct geometry *g)
@@ -48,14 +53,15 @@ static void geometry_of(uint32_t nslots, uint64_t value_max, struct geometry *g)
     g->nslots = nslots;
     g->value_max = value_max;
     g->half_size = sizeof(struct mmipc__kv_half) + mmipc__round_up(value_max, 8);
-    g->slot_size = mmipc__round_up(MMIPC__KV_SLOT_HDR + 2 * g->half_size, MMIPC__LINE);
-    g->total = MMIPC__KV_SLOTS_OFF + (uint64_t)nslots * g->slot_size;
+    g->slot_size = mmipc__round_up(2 * g->half_size, MMIPC__LINE);
+    g->slots_off = mmipc__round_up(MMIPC__KV_WORDS_OFF + (uint64_t)nslots * sizeof(uint64_t), MMIPC__LINE);
+    g->total = g->slots_off + (uint64_t)nslots * g->slot_size;
 }
 
 static int kv_geometry(const uint8_t *obj, uint64_t size, struct geometry *g)
 {
     const struct mmipc__kv *t = (const struct mmipc__kv *)obj;
-    if (size < MMIPC__KV_SLOTS_OFF)
+    if (size < MMIPC__KV_WORDS_OFF)
         return -EBADMSG;
     uint32_t magic = mmipc__load_relaxed(&t->magic);
     uint32_t n = mmipc__load_relaxed(&t->slots);
@@ -64,30 +70,71 @@ static int kv_geometry(const uint8_t *obj, uint64_t size, struct geometry *g)
         return -EBADMSG;
     geometry_of(n, vmax, g);
     if (mmipc__load_relaxed(&t->slot_size) != g->slot_size ||
-        mmipc__load_relaxed(&t->slots_off) != MMIPC__KV_SLOTS_OFF || g->total > size)
+        mmipc__load_relaxed(&t->words_off) != MMIPC__KV_WORDS_OFF ||
+        mmipc__load_relaxed(&t->slots_off) != g->slots_off || g->total > size)
         return -EBADMSG;
     return 0;
 }
 
+/* Part of the format (stored in each half, tag in the word): 8 bytes at a
+ * time, multiply and fold; each step is a bijection of the state, so keys
+ * of one length that differ in one chunk always hash apart before the
+ * final mix. */
 static uint32_t key_hash(const char *key, size_t len)
 {
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)key[i];
-        h *= 16777619u;
+    const uint64_t m = UINT64_C(0x9e3779b97f4a7c15);
+    const unsigned char *p = (const unsigned char *)key;
+    uint64_t h = (uint64_t)len * m ^ UINT64_C(0x2545f4914f6cdd1d);
+    size_t rest = len;
+    for (; rest >= 8; rest -= 8, p += 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        h = (h ^ w) * m;
+        h ^= h >> 32;
     }
-    return h;
+    if (rest != 0) {
+        uint64_t w = 0;
+        if (rest & 4) {
+            uint32_t x;
+            memcpy(&x, p, 4);
+            w = x;
+            p += 4;
+        }
+        if (rest & 2) {
+            uint16_t x;
+            memcpy(&x, p, 2);
+            w = w << 16 | x;
+            p += 2;
+        }
+        if (rest & 1)
+            w = w << 8 | *p;
+        h = (h ^ w) * m;
+        h ^= h >> 32;
+    }
+    h = (h ^ (h >> 29)) * UINT64_C(0xbf58476d1ce4e5b9);
+    return (uint32_t)(h ^ (h >> 32));
+}
+
+/* The first slot of hash's probe chain: its high bits scaled to the table
+ * (no division; the tag uses the low bits). */
+static uint32_t home_of(uint32_t hash, uint32_t nslots)
+{
+    return (uint32_t)(((uint64_t)hash * nslots) >> 32);
+}
+
+static uint32_t next_slot(uint32_t i, uint32_t nslots)
+{
+    return i + 1 == nslots ? 0 : i + 1;
 }
 
 static uint64_t *word_of(mmipc_kv *kv, uint32_t i)
 {
-    return (uint64_t *)(kv->slots + (uint64_t)i * kv->slot_size);
+    return kv->words + i;
 }
 
 static struct mmipc__kv_half *half_of(mmipc_kv *kv, uint32_t i, unsigned which)
 {
-    return (struct mmipc__kv_half *)(kv->slots + (uint64_t)i * kv->slot_size + MMIPC__KV_SLOT_HDR +
-                                     which * kv->half_size);
+    return (struct mmipc__kv_half *)(kv->slots + (uint64_t)i * kv->slot_size + which * kv->half_size);
 }
 
 /* ---------------------------------------------------------------- reading */
@@ -113,11 +160,6 @@ static int snap_slot(mmipc_kv *kv, uint32_t i, const char *want_key, size_t want
                      size_t cap, int all_values, int stable, struct snap *s, int *match)
 {
     uint64_t *wp = word_of(kv, i);
-    /* The active half is only known once the word is loaded; fetch the
-     * whole slot at once so its cache misses overlap instead of queueing
-     * behind the word's (a big table is cache-miss bound). */
-    for (uint64_t off = 0; off < kv->slot_size && off < 8 * MMIPC__LINE; off += MMIPC__LINE)
-        __builtin_prefetch((const uint8_t *)wp + off, 0, 0);
     for (int attempt = 0; attempt < (stable ? 1 : READ_RETRIES); attempt++) {
         uint64_t w1 = mmipc__load_acquire(wp);
         int bad = 0;
@@ -129,6 +171,14 @@ static int snap_slot(mmipc_kv *kv, uint32_t i, const char *want_key, size_t want
         if (s->state != MMIPC__KV_LIVE && s->state != MMIPC__KV_TOMB)
             return SNAP_BAD;
         struct mmipc__kv_half *hf = half_of(kv, i, MMIPC__KV_WORD_HALF(w1));
+        if (attempt == 0) {
+            /* Header, key and value are read one after the other, each
+             * depending on the last: ask for all their lines at once so
+             * the misses of a big table overlap. */
+            uint64_t span = sizeof *hf + (all_values || want_key != NULL ? kv->value_max : 0);
+            for (uint64_t off = MMIPC__LINE; off < span && off < 4 * MMIPC__LINE; off += MMIPC__LINE)
+                __builtin_prefetch((const uint8_t *)hf + off, 0, 0);
+        }
         s->version = mmipc__load_relaxed(&hf->version);
         s->val_len = mmipc__load_relaxed(&hf->val_len);
         s->key_len = mmipc__load_relaxed(&hf->key_len);
@@ -173,19 +223,33 @@ static int64_t lookup(mmipc_kv *kv, const char *key, size_t klen, uint32_t hash,
                       struct snap *s, int64_t *free_slot)
 {
     int64_t first_free = -1;
-    uint32_t start = hash % kv->nslots;
-    for (uint32_t n = 0; n < kv->nslots; n++) {
-        uint32_t i = (start + n) % kv->nslots;
-        int match;
-        int rc = snap_slot(kv, i, key, klen, hash, buf, cap, 0, stable, s, &match);
-        if (rc != SNAP_OK)
-            return rc;
-        if (s->state == MMIPC__KV_EMPTY) {
+    uint32_t tag = MMIPC__KV_TAG_OF(hash);
+    uint32_t i = home_of(hash, kv->nslots);
+    /* Most keys live in their home slot: start fetching its body (both
+     * halves' keys, as the word says which is active only later) while the
+     * word loads, so the page walk and miss into a big table overlap it. */
+    __builtin_prefetch(half_of(kv, i, 0), 0, 0);
+    __builtin_prefetch(half_of(kv, i, 1), 0, 0);
+    for (uint32_t n = 0; n < kv->nslots; n++, i = next_slot(i, kv->nslots)) {
+        uint64_t w = mmipc__load_relaxed(word_of(kv, i));
+        uint32_t state = MMIPC__KV_WORD_STATE(w);
+        if (state == MMIPC__KV_LIVE && MMIPC__KV_WORD_TAG(w) != tag)
+            continue; /* another key: its body stays out of the cache */
+        int match = 0;
+        if (state == MMIPC__KV_LIVE) {
+            int rc = snap_slot(kv, i, key, klen, hash, buf, cap, 0, stable, s, &match);
+            if (rc != SNAP_OK)
+                return rc;
+            state = s->state; /* it may have changed since the first look */
+        } else if (state != MMIPC__KV_EMPTY && state != MMIPC__KV_TOMB) {
+            return -EBADMSG;
+        }
+        if (state == MMIPC__KV_EMPTY) {
             if (first_free < 0)
                 first_free = i;
             break;
         }
-        if (s->state == MMIPC__KV_TOMB) {
+        if (state == MMIPC__KV_TOMB) {
             if (first_free < 0)
                 first_free = i;
             continue;
@@ -292,7 +356,7 @@ static void publish(mmipc_kv *kv, uint32_t i, uint32_t state, uint64_t version, 
     memcpy(hf->key, key, klen);
     if (len != 0)
         memcpy((uint8_t *)hf + sizeof *hf, val, len);
-    mmipc__store_release(wp, MMIPC__KV_WORD(MMIPC__KV_WORD_COUNT(w) + 1, next, state));
+    mmipc__store_release(wp, MMIPC__KV_WORD(MMIPC__KV_WORD_COUNT(w) + 1, MMIPC__KV_TAG_OF(hash), next, state));
 }
 
 /* After slot i became a tombstone: if the next slot is EMPTY, no live key's
@@ -301,15 +365,16 @@ static void publish(mmipc_kv *kv, uint32_t i, uint32_t state, uint64_t version, 
 static void trim_tombstones(mmipc_kv *kv, uint32_t i)
 {
     uint32_t n = kv->nslots;
-    if (MMIPC__KV_WORD_STATE(mmipc__load_relaxed(word_of(kv, (i + 1) % n))) != MMIPC__KV_EMPTY)
+    if (MMIPC__KV_WORD_STATE(mmipc__load_relaxed(word_of(kv, next_slot(i, n)))) != MMIPC__KV_EMPTY)
         return;
     for (uint32_t k = 0; k < n; k++) {
         uint64_t *wp = word_of(kv, i);
         uint64_t w = mmipc__load_relaxed(wp);
         if (MMIPC__KV_WORD_STATE(w) != MMIPC__KV_TOMB)
             return;
-        mmipc__store_release(wp, MMIPC__KV_WORD(MMIPC__KV_WORD_COUNT(w) + 1, MMIPC__KV_WORD_HALF(w), MMIPC__KV_EMPTY));
-        i = (i + n - 1) % n;
+        mmipc__store_release(wp, MMIPC__KV_WORD(MMIPC__KV_WORD_COUNT(w) + 1, MMIPC__KV_WORD_TAG(w),
+                                                MMIPC__KV_WORD_HALF(w), MMIPC__KV_EMPTY));
+        i = i == 0 ? n - 1 : i - 1;
     }
 }
 
@@ -498,11 +563,12 @@ static void kv_init(void *obj, uint64_t size, void *arg)
 {
     const struct geometry *g = arg;
     struct mmipc__kv *t = obj;
-    memset(obj, 0, size); /* slots: EMPTY */
+    memset(obj, 0, size); /* words: EMPTY */
     t->slots = g->nslots;
     t->value_max = g->value_max;
     t->slot_size = g->slot_size;
-    t->slots_off = MMIPC__KV_SLOTS_OFF;
+    t->words_off = MMIPC__KV_WORDS_OFF;
+    t->slots_off = g->slots_off;
     mmipc__mutex_init(&t->lock.m);
     mmipc__cond_init(&t->changed);
     mmipc__store_release(&t->magic, MMIPC__KV_MAGIC);
@@ -519,7 +585,8 @@ static int kv_handle(mmipc_region *r, uint64_t off, uint64_t size, mmipc_kv **ou
         return -ENOMEM;
     kv->r = r;
     kv->t = (struct mmipc__kv *)(r->base + off);
-    kv->slots = r->base + off + MMIPC__KV_SLOTS_OFF;
+    kv->words = (uint64_t *)(r->base + off + MMIPC__KV_WORDS_OFF);
+    kv->slots = r->base + off + g.slots_off;
     kv->nslots = g.nslots;
     kv->value_max = g.value_max;
     kv->half_size = g.half_size;
@@ -578,7 +645,8 @@ int mmipc__kv_check(mmipc_region *r, const char *name, uint8_t *obj, uint64_t si
     memset(&kv, 0, sizeof kv);
     kv.r = r;
     kv.t = (struct mmipc__kv *)obj;
-    kv.slots = obj + MMIPC__KV_SLOTS_OFF;
+    kv.words = (uint64_t *)(obj + MMIPC__KV_WORDS_OFF);
+    kv.slots = obj + g.slots_off;
     kv.nslots = g.nslots;
     kv.value_max = g.value_max;
     kv.half_size = g.half_size;
@@ -602,6 +670,11 @@ int mmipc__kv_check(mmipc_region *r, const char *name, uint8_t *obj, uint64_t si
             problems++;
             continue;
         }
+        if (MMIPC__KV_WORD_TAG(s.word) != MMIPC__KV_TAG_OF(s.hash)) {
+            mmipc__report(fn, arg, name, "slot %u: key unreachable (the tag in its word does not match its key)", i);
+            problems++;
+            continue;
+        }
         if (s.version == 0 || s.version > last) {
             mmipc__report(fn, arg, name, "slot %u: version %llu outside 1..%llu", i, (unsigned long long)s.version,
                           (unsigned long long)last);
@@ -609,7 +682,7 @@ int mmipc__kv_check(mmipc_region *r, const char *name, uint8_t *obj, uint64_t si
         }
         /* Probe-chain integrity: no EMPTY slot between the key's home and
          * its slot, or lookups cannot find it. */
-        for (uint32_t j = s.hash % g.nslots; j != i; j = (j + 1) % g.nslots) {
+        for (uint32_t j = home_of(s.hash, g.nslots); j != i; j = next_slot(j, g.nslots)) {
             if (MMIPC__KV_WORD_STATE(mmipc__load_relaxed(word_of(&kv, j))) == MMIPC__KV_EMPTY) {
                 mmipc__report(fn, arg, name, "slot %u: key unreachable (empty slot %u in its probe chain)", i, j);
                 problems++;

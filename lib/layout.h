@@ -23,7 +23,7 @@
 
 #define MMIPC__MAGIC "MMIPCv1\n"
 #define MMIPC__MAGIC_LEN 8
-#define MMIPC__FORMAT_MAJOR 1u
+#define MMIPC__FORMAT_MAJOR 2u /* 2: kv words in their own array (0.2.0) */
 #define MMIPC__FORMAT_MINOR 0u
 #define MMIPC__BOM UINT64_C(0x0102030405060708)
 #define MMIPC__HDR_SIZE 4096u
@@ -192,17 +192,26 @@ _Static_assert(sizeof(struct mmipc__ring) == 448, "ring size");
 #define MMIPC__KV_MAX_SLOTS (1u << 24)
 #define MMIPC__KV_MAX_VALUE (UINT64_C(1) << 30)
 
-/* A slot holds two copies ("halves") of its contents.  A writer fills the
- * inactive half and then publishes it with one release store of `word`, so a
- * writer killed at any instant leaves the active half intact and readers
- * never need a repair.  Readers check `word` before and after copying. */
+/* A kv object is: the header below, then one 64-bit word per slot (the word
+ * array), then the slot bodies.  A body holds two copies ("halves") of its
+ * key + value.  A writer fills the inactive half and then publishes it with
+ * one release store of the slot's word, so a writer killed at any instant
+ * leaves the active half intact and readers never need a repair.  Readers
+ * check the word before and after copying.
+ *
+ * The words sit apart from the bodies so that a probe chain is walked in one
+ * or two cache lines: the word carries a 16-bit tag of the key's hash, and a
+ * lookup only touches the body of a slot whose tag matches. */
 #define MMIPC__KV_EMPTY 0u /* never used: ends a probe chain */
 #define MMIPC__KV_LIVE 1u
 #define MMIPC__KV_TOMB 2u /* deleted: probe chains continue past it */
 #define MMIPC__KV_WORD_STATE(w) ((uint32_t)((w)&3u))
 #define MMIPC__KV_WORD_HALF(w) ((unsigned)(((w) >> 2) & 1u))
-#define MMIPC__KV_WORD(count, half, state) (((uint64_t)(count) << 3) | ((uint64_t)(half) << 2) | (state))
-#define MMIPC__KV_WORD_COUNT(w) ((w) >> 3)
+#define MMIPC__KV_WORD_TAG(w) ((uint32_t)(((w) >> 3) & 0xffffu))
+#define MMIPC__KV_WORD_COUNT(w) ((w) >> 19) /* 45 bits of change count */
+#define MMIPC__KV_WORD(count, tag, half, state)                                                                        \
+    (((uint64_t)(count) << 19) | ((uint64_t)((tag)&0xffffu) << 3) | ((uint64_t)(half) << 2) | (state))
+#define MMIPC__KV_TAG_OF(hash) ((uint32_t)(hash)&0xffffu) /* the home slot comes from the high bits */
 
 struct mmipc__kv_half {
     uint64_t version; /* 0 */
@@ -220,9 +229,10 @@ struct mmipc__kv {
     uint32_t magic;     /* 0 */
     uint32_t slots;     /* 4 */
     uint64_t value_max; /* 8 */
-    uint64_t slot_size; /* 16 bytes per slot, 64-aligned */
-    uint64_t slots_off; /* 24 from the start of this struct */
-    uint8_t pad0[32];
+    uint64_t slot_size; /* 16 bytes per slot body: two halves, 64-aligned */
+    uint64_t slots_off; /* 24 bodies, from the start of this struct: words_off + slots*8, 64-aligned */
+    uint64_t words_off; /* 32 the word array, from the start of this struct: always 256 */
+    uint8_t pad0[24];
     mmipc__lock_slot lock; /* 64 writers serialise on this */
     uint64_t next_version; /* 128 last version handed out (under lock) */
     uint64_t puts, dels;   /* 136, 144 */
@@ -230,19 +240,13 @@ struct mmipc__kv {
     uint8_t pad1[32];
     struct mmipc__cond changed; /* 192 broadcast on every put/del that finds a sleeper */
     uint8_t pad2[56];
-    /* 256: slots */
+    /* 256: uint64_t word[slots] (MMIPC__KV_WORD), then the slot bodies */
 };
+_Static_assert(offsetof(struct mmipc__kv, words_off) == 32, "kv.words_off");
 _Static_assert(offsetof(struct mmipc__kv, lock) == 64, "kv.lock");
 _Static_assert(offsetof(struct mmipc__kv, next_version) == 128, "kv.next_version");
 _Static_assert(offsetof(struct mmipc__kv, changed) == 192, "kv.changed");
 _Static_assert(sizeof(struct mmipc__kv) == 256, "kv size");
-#define MMIPC__KV_SLOTS_OFF 256u
-
-struct mmipc__kv_slot {
-    uint64_t word; /* 0 MMIPC__KV_WORD(count, active half, state) */
-    uint64_t reserved;
-    /* 16: half 0, then half 1, each sizeof(kv_half) + value_max rounded to 8 */
-};
-#define MMIPC__KV_SLOT_HDR 16u
+#define MMIPC__KV_WORDS_OFF 256u
 
 #endif /* MMIPC_LAYOUT_H */

@@ -1663,6 +1663,7 @@ enum ctarget {
     C_HDR_VMAX,
     C_HDR_SLOT_SIZE,
     C_HDR_SLOTS_OFF,
+    C_HDR_WORDS_OFF,
     C_HDR_MAGIC,
     C_RANDOM, /* random bytes anywhere in the object but its lock */
 };
@@ -1709,6 +1710,7 @@ static const struct ccase ccases[] = {
     {"word: TOMB", C_WORD, 3, 0},
     {"word: all ones", C_WORD, 4, 0},
     {"word: count + 1", C_WORD, 5, 0},
+    {"word: other tag", C_WORD, 6, 0},
     {"inactive half val_len = 2^32 - 1", C_INACTIVE_LEN, 0xffffffffu, 0},
     {"next_version = 0", C_NEXT_VERSION, 0, 0},
     {"next_version = 2^64 - 1", C_NEXT_VERSION, UINT64_MAX, 0},
@@ -1737,6 +1739,10 @@ static const struct ccase ccases[] = {
     {"slots_off = 255", C_HDR_SLOTS_OFF, 255, 0},
     {"slots_off = 2^64 - 64", C_HDR_SLOTS_OFF, UINT64_MAX - 63, 0},
     {"slots_off = 1 MiB", C_HDR_SLOTS_OFF, 1u << 20, 0},
+    {"slots_off = 256 (over the words)", C_HDR_SLOTS_OFF, MMIPC__KV_WORDS_OFF, 0},
+    {"words_off = 0", C_HDR_WORDS_OFF, 0, 0},
+    {"words_off = 320", C_HDR_WORDS_OFF, 320, 0},
+    {"words_off = 2^64 - 1", C_HDR_WORDS_OFF, UINT64_MAX, 0},
     {"magic = 0", C_HDR_MAGIC, 0, 0},
     {"magic = ring", C_HDR_MAGIC, MMIPC__RING_MAGIC, 0},
 };
@@ -1861,15 +1867,26 @@ static void c_exercise(struct cctx *x, mmipc_kv *kv)
     c_readonly(x, kv, names, nn, 0);
 }
 
-static void c_scribble(const struct cjob *j, uint8_t *obj, uint64_t objsize, uint8_t *slot0, uint64_t slot_size,
-                       uint8_t *target_slot, uint64_t half_size)
+/* Where the table keeps its words and slot bodies (layout.h). */
+struct cgeom {
+    uint64_t *words;
+    uint8_t *slot0;
+    uint64_t slot_size, half_size;
+};
+
+static struct mmipc__kv_half *c_half(const struct cgeom *g, unsigned slot, unsigned which)
+{
+    return (struct mmipc__kv_half *)(g->slot0 + slot * g->slot_size + which * g->half_size);
+}
+
+static void c_scribble(const struct cjob *j, uint8_t *obj, uint64_t objsize, const struct cgeom *g, unsigned target)
 {
     struct mmipc__kv *t = (struct mmipc__kv *)obj;
-    uint64_t *wordp = (uint64_t *)target_slot;
+    uint64_t *wordp = &g->words[target];
     uint64_t word = __atomic_load_n(wordp, __ATOMIC_ACQUIRE);
     unsigned act = MMIPC__KV_WORD_HALF(word);
-    struct mmipc__kv_half *h = (struct mmipc__kv_half *)(target_slot + MMIPC__KV_SLOT_HDR + act * half_size);
-    struct mmipc__kv_half *ih = (struct mmipc__kv_half *)(target_slot + MMIPC__KV_SLOT_HDR + (1 - act) * half_size);
+    struct mmipc__kv_half *h = c_half(g, target, act);
+    struct mmipc__kv_half *ih = c_half(g, target, 1 - act);
     uint64_t rs = j->seed, v = j->c.val;
 
     switch (j->c.tgt) {
@@ -1907,8 +1924,11 @@ static void c_scribble(const struct cjob *j, uint8_t *obj, uint64_t objsize, uin
         case 4:
             nw = UINT64_MAX;
             break;
+        case 5:
+            nw = word + MMIPC__KV_WORD(1, 0, 0, 0);
+            break;
         default:
-            nw = word + 8;
+            nw = word ^ MMIPC__KV_WORD(0, 1, 0, 0);
             break;
         }
         __atomic_store_n(wordp, nw, __ATOMIC_RELEASE);
@@ -1925,12 +1945,12 @@ static void c_scribble(const struct cjob *j, uint8_t *obj, uint64_t objsize, uin
         break;
     case C_RANDOM_META: {
         static const uint64_t vals[] = {0, 1, 2, 3, 62, 63, 64, 65, C_VMAX, C_VMAX + 1, 0x7fffffff, 0xffffffff};
-        uint8_t *s = slot0 + (th_rand(&rs) % C_SLOTS) * slot_size;
-        struct mmipc__kv_half *rh = (struct mmipc__kv_half *)(s + MMIPC__KV_SLOT_HDR + (th_rand(&rs) % 2) * half_size);
+        unsigned si = (unsigned)(th_rand(&rs) % C_SLOTS);
+        struct mmipc__kv_half *rh = c_half(g, si, (unsigned)(th_rand(&rs) % 2));
         uint64_t x = th_rand(&rs) % 3 ? vals[th_rand(&rs) % (sizeof vals / sizeof vals[0])] : th_rand(&rs);
         switch (th_rand(&rs) % 7) {
         case 0:
-            *(uint64_t *)s = x;
+            g->words[si] = x;
             break;
         case 1:
             rh->val_len = (uint32_t)x;
@@ -1967,6 +1987,9 @@ static void c_scribble(const struct cjob *j, uint8_t *obj, uint64_t objsize, uin
         break;
     case C_HDR_SLOTS_OFF:
         t->slots_off = v;
+        break;
+    case C_HDR_WORDS_OFF:
+        t->words_off = v;
         break;
     case C_HDR_MAGIC:
         t->magic = (uint32_t)v;
@@ -2030,29 +2053,28 @@ static int corrupt_child(void *arg)
     }
     uint8_t *obj = base + f.off;
     struct mmipc__kv *t = (struct mmipc__kv *)obj;
-    uint64_t half_size = sizeof(struct mmipc__kv_half) + ((C_VMAX + 7u) & ~7u);
-    uint64_t slot_size = t->slot_size;
+    struct cgeom g = {(uint64_t *)(obj + MMIPC__KV_WORDS_OFF), obj + t->slots_off, t->slot_size,
+                      sizeof(struct mmipc__kv_half) + ((C_VMAX + 7u) & ~7u)};
+    uint64_t words_end = (MMIPC__KV_WORDS_OFF + C_SLOTS * 8 + 63u) & ~(uint64_t)63;
     if (t->magic != MMIPC__KV_MAGIC || t->slots != C_SLOTS || t->value_max != C_VMAX ||
-        t->slots_off != MMIPC__KV_SLOTS_OFF || slot_size < MMIPC__KV_SLOT_HDR + 2 * half_size ||
-        t->slots_off + C_SLOTS * slot_size > f.size) {
+        t->words_off != MMIPC__KV_WORDS_OFF || t->slots_off != words_end || g.slot_size < 2 * g.half_size ||
+        t->slots_off + C_SLOTS * g.slot_size > f.size) {
         shm_fail(sh, "%s: the table does not look like layout.h says", j->label);
         return 4;
     }
-    uint8_t *slot0 = obj + t->slots_off, *target = NULL;
-    for (unsigned i = 0; i < C_SLOTS && target == NULL; i++) {
-        uint8_t *s = slot0 + i * slot_size;
-        uint64_t w = __atomic_load_n((uint64_t *)s, __ATOMIC_ACQUIRE);
-        struct mmipc__kv_half *h =
-            (struct mmipc__kv_half *)(s + MMIPC__KV_SLOT_HDR + MMIPC__KV_WORD_HALF(w) * half_size);
+    unsigned target = C_SLOTS;
+    for (unsigned i = 0; i < C_SLOTS && target == C_SLOTS; i++) {
+        uint64_t w = __atomic_load_n(&g.words[i], __ATOMIC_ACQUIRE);
+        struct mmipc__kv_half *h = c_half(&g, i, MMIPC__KV_WORD_HALF(w));
         if (MMIPC__KV_WORD_STATE(w) == MMIPC__KV_LIVE && h->key_len == 2 && memcmp(h->key, "k1", 3) == 0)
-            target = s;
+            target = i;
     }
-    if (target == NULL) {
+    if (target == C_SLOTS) {
         shm_fail(sh, "%s: no LIVE slot holds k1", j->label);
         return 4;
     }
 
-    c_scribble(j, obj, f.size, slot0, slot_size, target, half_size);
+    c_scribble(j, obj, f.size, &g, target);
 
     struct cctx x = {j, "open", j->c.tgt >= C_HDR_SLOTS, 0, 0};
     c_exercise(&x, kv);

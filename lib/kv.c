@@ -226,10 +226,12 @@ static int64_t lookup(mmipc_kv *kv, const char *key, size_t klen, uint32_t hash,
     uint32_t tag = MMIPC__KV_TAG_OF(hash);
     uint32_t i = home_of(hash, kv->nslots);
     /* Most keys live in their home slot: start fetching its body (both
-     * halves' keys, as the word says which is active only later) while the
-     * word loads, so the page walk and miss into a big table overlap it. */
-    __builtin_prefetch(half_of(kv, i, 0), 0, 0);
-    __builtin_prefetch(half_of(kv, i, 1), 0, 0);
+     * halves, as only the word says which one is active) while the word
+     * loads, so that in a big table the two misses overlap instead of
+     * queueing one behind the other. */
+    const uint8_t *body = (const uint8_t *)half_of(kv, i, 0);
+    for (uint64_t off = 0; off < kv->slot_size && off < 8 * MMIPC__LINE; off += MMIPC__LINE)
+        __builtin_prefetch(body + off, 0, 0);
     for (uint32_t n = 0; n < kv->nslots; n++, i = next_slot(i, kv->nslots)) {
         uint64_t w = mmipc__load_relaxed(word_of(kv, i));
         uint32_t state = MMIPC__KV_WORD_STATE(w);

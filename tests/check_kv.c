@@ -2151,6 +2151,60 @@ START_TEST(test_corrupt_random)
 }
 END_TEST
 
+/* A word whose tag disagrees with its key: lookups skip that slot without
+ * reading it (the tag is a filter), so the key reads as absent, a put
+ * stores it afresh, and mmipc_region_check names the slot. */
+START_TEST(test_tag_mismatch)
+{
+    const char *path = th_path("tag.mmipc");
+    struct mmipc_region_opts o = {.size = 256 * 1024};
+    mmipc_region *r;
+    mmipc_kv *kv;
+    char buf[16];
+    ck_assert_int_eq(mmipc_region_open(path, MMIPC_CREATE | MMIPC_EXCL, &o, &r), 0);
+    ck_assert_int_eq(mmipc_kv_create(r, "t", 8, 16, &kv), 0);
+    ck_assert_int_eq(mmipc_kv_put(kv, "alpha", "one", 3), 0);
+    ck_assert_int_eq(mmipc_kv_put(kv, "beta", "two", 3), 0);
+    struct problems p = {0, ""};
+    ck_assert_int_eq(mmipc_region_check(r, problem_fn, &p), 0);
+
+    struct findobj f = {"t", 0, 0};
+    ck_assert_int_eq(mmipc_region_objects(r, find_obj_fn, &f), 1);
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    ck_assert_int_ge(fd, 0);
+    uint8_t *base = mmap(NULL, (size_t)(f.off + f.size), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    ck_assert_ptr_ne(base, MAP_FAILED);
+    close(fd);
+    struct mmipc__kv *t = (struct mmipc__kv *)(base + f.off);
+    uint64_t *words = (uint64_t *)(base + f.off + t->words_off);
+    uint64_t half_size = sizeof(struct mmipc__kv_half) + 16;
+    unsigned at = 8;
+    for (unsigned i = 0; i < 8; i++) {
+        uint64_t w = words[i];
+        const struct mmipc__kv_half *h =
+            (const struct mmipc__kv_half *)(base + f.off + t->slots_off + i * t->slot_size +
+                                            MMIPC__KV_WORD_HALF(w) * half_size);
+        if (MMIPC__KV_WORD_STATE(w) == MMIPC__KV_LIVE && h->key_len == 5 && memcmp(h->key, "alpha", 5) == 0) {
+            ck_assert_uint_eq(MMIPC__KV_WORD_TAG(w), MMIPC__KV_TAG_OF(h->hash));
+            at = i;
+        }
+    }
+    ck_assert_uint_lt(at, 8);
+    __atomic_store_n(&words[at], words[at] ^ MMIPC__KV_WORD(0, 0x8001, 0, 0), __ATOMIC_RELEASE);
+
+    ck_assert_int_eq(mmipc_kv_get(kv, "alpha", buf, sizeof buf, NULL), -ENOENT);
+    ck_assert_int_eq(mmipc_kv_get(kv, "beta", buf, sizeof buf, NULL), 3);
+    p.n = 0;
+    ck_assert_int_eq(mmipc_region_check(r, problem_fn, &p), 1);
+    ck_assert_msg(strstr(p.first, "tag") != NULL && strstr(p.first, "unreachable") != NULL, "check said: %s", p.first);
+    ck_assert_int_eq(mmipc_kv_put(kv, "alpha", "three", 5), 0);
+    ck_assert_int_eq(mmipc_kv_get(kv, "alpha", buf, sizeof buf, NULL), 5);
+    ck_assert_int_eq(memcmp(buf, "three", 5), 0);
+    munmap(base, (size_t)(f.off + f.size));
+    mmipc_region_close(r);
+}
+END_TEST
+
 /* ================================================================== suite */
 
 Suite *make_kv_suite(void)
@@ -2205,6 +2259,7 @@ Suite *make_kv_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_corrupt_fields);
     tcase_add_test(tc, test_corrupt_random);
+    tcase_add_test(tc, test_tag_mismatch);
     suite_add_tcase(s, tc);
     return s;
 }

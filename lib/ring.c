@@ -336,6 +336,40 @@ static int find_ready(mmipc_ring *q, uint64_t *pos, uint64_t *len, uint64_t *siz
     return 0;
 }
 
+/* find_ready for the common case, inline: the record at head is READY.
+ * Anything else (empty aside: a PAD, DONE or open records first, or
+ * corruption) goes to find_ready, which decides exactly as before. */
+static inline int find_ready_fast(mmipc_ring *q, uint64_t *pos, uint64_t *len, uint64_t *size, int *blocked,
+                                  uint64_t *tail)
+{
+    uint64_t h = mmipc__load_relaxed(&q->q->head);
+    uint64_t t = q->tail_cache;
+    if (t <= h || t - h > q->cap) {
+        /* Everything below the cached tail is taken: read the producers'
+         * line now rather than on find_ready's second pass. */
+        t = mmipc__load_acquire(&q->q->tail);
+        if (check_positions(q, h, t) != 0)
+            return find_ready(q, pos, len, size, blocked, tail);
+        q->tail_cache = t;
+        if (t == h) {
+            *blocked = 0;
+            return 0; /* empty when tail was read */
+        }
+    } else if (check_positions(q, h, t) != 0) {
+        return find_ready(q, pos, len, size, blocked, tail);
+    }
+    uint32_t st;
+    uint64_t rlen;
+    uint64_t sz = rec_check(q, h, t, &st, &rlen);
+    if (sz == 0 || MMIPC__REC_KIND(st) != MMIPC__REC_READY)
+        return find_ready(q, pos, len, size, blocked, tail);
+    *pos = h;
+    *len = rlen;
+    *size = sz;
+    *tail = t;
+    return 1;
+}
+
 /*
  * Spin (without any lock) until `*word` or `*word2` differs from what was
  * seen, for at most the handle's current budget.  The budget adapts: a spin
@@ -390,7 +424,7 @@ static ssize_t consume(mmipc_ring *q, void *buf, size_t cap, const void **ptr, e
             return rc;
         uint64_t pos, len, size, tail;
         int blocked;
-        int found = find_ready(q, &pos, &len, &size, &blocked, &tail);
+        int found = find_ready_fast(q, &pos, &len, &size, &blocked, &tail);
         if (found == 0 && blocked) {
             int reclaimed;
             reclaimed = maybe_reclaim(q, &d, 1);
@@ -440,7 +474,7 @@ static ssize_t consume(mmipc_ring *q, void *buf, size_t cap, const void **ptr, e
             }
             mmipc__mutex_unlock(&q->q->clock.m);
             if (moved)
-                mmipc__cond_broadcast(&q->q->nonfull);
+                mmipc__cond_broadcast_after_unlock(&q->q->nonfull);
             return (ssize_t)len;
         }
         /* Nothing to take. */
@@ -540,7 +574,7 @@ int mmipc_ring_release(mmipc_ring *q, const void *ptr)
         moved = advance_head(q, h, t) > 0;
     mmipc__mutex_unlock(&q->q->clock.m);
     if (moved)
-        mmipc__cond_broadcast(&q->q->nonfull);
+        mmipc__cond_broadcast_after_unlock(&q->q->nonfull);
     return 0;
 }
 
@@ -630,7 +664,7 @@ int mmipc_ring_send(mmipc_ring *q, const void *msg, size_t len, int timeout_ms)
     /* The instant the message exists: one release store. */
     mmipc__store_release(&q->q->tail, new_tail);
     mmipc__mutex_unlock(&q->q->plock.m);
-    mmipc__cond_broadcast(&q->q->nonempty);
+    mmipc__cond_broadcast_after_unlock(&q->q->nonempty);
     return 0;
 }
 

@@ -34,12 +34,6 @@ static int ts_before(const struct timespec *a, const struct timespec *b)
     return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
 }
 
-void mmipc__deadline_init(struct mmipc__deadline *d, int timeout_ms)
-{
-    d->timeout_ms = timeout_ms;
-    d->known = 0;
-}
-
 /* Make the deadlines absolute: called only once something has to wait, so
  * the uncontended path never reads the clock. */
 static void deadline_fix(struct mmipc__deadline *d)
@@ -73,19 +67,16 @@ int mmipc__deadline_err(const struct mmipc__deadline *d)
 /* ---------------------------------------------------------------- mutexes */
 
 #ifdef __GLIBC__
-/* glibc keeps the mutex type in the mutex itself, i.e. in the file.  A
- * scribbled type could turn our robust mutex into a plain one (a dead owner
- * would then block everyone) or a PI one, so check it before every lock.
- * The expected value is read from a mutex initialised like ours, once, by
+/* The expected kind is read from a mutex initialised like ours, once, by
  * mmipc__sync_init (called before any region is opened). */
-static int expected_kind = -1;
+int mmipc__expected_kind = -1;
 static pthread_once_t kind_once = PTHREAD_ONCE_INIT;
 
 static void init_kind(void)
 {
     pthread_mutex_t m;
     if (mmipc__mutex_init(&m) == 0) {
-        __atomic_store_n(&expected_kind, m.__data.__kind, __ATOMIC_RELEASE);
+        __atomic_store_n(&mmipc__expected_kind, m.__data.__kind, __ATOMIC_RELEASE);
         pthread_mutex_destroy(&m);
     }
 }
@@ -95,24 +86,15 @@ void mmipc__sync_init(void)
     pthread_once(&kind_once, init_kind);
 }
 
-static inline int kind_ok(pthread_mutex_t *m)
+int mmipc__kind_ok_slow(pthread_mutex_t *m)
 {
-    int k = __atomic_load_n(&expected_kind, __ATOMIC_ACQUIRE);
-    if (__builtin_expect(k == -1, 0)) {
-        mmipc__sync_init();
-        k = __atomic_load_n(&expected_kind, __ATOMIC_ACQUIRE);
-    }
+    mmipc__sync_init();
+    int k = __atomic_load_n(&mmipc__expected_kind, __ATOMIC_ACQUIRE);
     return __atomic_load_n(&m->__data.__kind, __ATOMIC_RELAXED) == k;
 }
 #else
 void mmipc__sync_init(void)
 {
-}
-
-static inline int kind_ok(pthread_mutex_t *m)
-{
-    (void)m;
-    return 1;
 }
 #endif
 
@@ -162,12 +144,8 @@ static int clocklock(pthread_mutex_t *m, const struct timespec *mono)
 }
 #endif
 
-int mmipc__mutex_lock(pthread_mutex_t *m, struct mmipc__deadline *d, mmipc__repair_fn repair, void *arg)
+int mmipc__mutex_lock_slow(pthread_mutex_t *m, struct mmipc__deadline *d, mmipc__repair_fn repair, void *arg, int rc)
 {
-    int rc;
-    if (!kind_ok(m))
-        return -EBADMSG;
-    rc = pthread_mutex_trylock(m); /* the uncontended path: no clock read */
     if (rc == EBUSY) {
         if (d == NULL || d->timeout_ms < 0) {
             rc = pthread_mutex_lock(m);
@@ -195,11 +173,6 @@ int mmipc__mutex_lock(pthread_mutex_t *m, struct mmipc__deadline *d, mmipc__repa
     default:
         return -EBADMSG;
     }
-}
-
-void mmipc__mutex_unlock(pthread_mutex_t *m)
-{
-    pthread_mutex_unlock(m);
 }
 
 /* ---------------------------------------------------------------- event count */
@@ -236,11 +209,8 @@ int mmipc__cond_sleep(struct mmipc__cond *c, uint32_t seq, struct mmipc__deadlin
     return 0;
 }
 
-void mmipc__cond_broadcast(struct mmipc__cond *c)
+void mmipc__cond_wake(struct mmipc__cond *c)
 {
-    mmipc__fence();
-    if (mmipc__load_relaxed(&c->sleeper) == 0)
-        return;
     /* Clear first: a waiter that arms after this reads the old sequence
      * before its own fence, so the bump below still wakes it. */
     mmipc__store_relaxed(&c->sleeper, 0);

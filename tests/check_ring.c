@@ -1556,6 +1556,72 @@ START_TEST(test_blocked_send_wakes)
 }
 END_TEST
 
+/*
+ * Sleep/wake handoffs with spinning off on both sides: every wait goes
+ * through the event counts (arm, re-check, futex), so the Dekker pairing
+ * between a publication and the sleeper flag is exercised thousands of times
+ * in both directions (nonempty and nonfull).  A lost wake-up costs a whole
+ * sleep slice (MMIPC__SLICE_MS), so a systematic one could not finish in the
+ * deadline; every message must also arrive intact and in order.
+ */
+#define HANDOFFS 20000u
+
+struct handoff_arg {
+    char path[320];
+};
+
+static int handoff_child(void *arg)
+{
+    struct handoff_arg *a = arg;
+    mmipc_region *r = NULL;
+    mmipc_ring *q = NULL;
+    unsigned char buf[256];
+    child_init();
+    if (child_open(a->path, "h", &r, &q) != 0)
+        return 2;
+    if (mmipc_ring_set_spin(q, 0) != 0)
+        return 3;
+    for (uint32_t i = 0; i < HANDOFFS; i++) {
+        size_t len = 4 + (i * 37u) % 200u;
+        pm_fill(buf, i, len);
+        int rc = mmipc_ring_send(q, buf, len, th_slow(10000));
+        if (rc != 0) {
+            fprintf(stderr, "handoff send %u: %s\n", i, mmipc_strerror(rc));
+            return 4;
+        }
+    }
+    mmipc_region_close(r);
+    return 0;
+}
+
+START_TEST(test_sleep_handoffs)
+{
+    mmipc_region *r = th_region("handoff", 0);
+    mmipc_ring *q = new_ring(r, "h", 4096);
+    struct handoff_arg ha;
+    unsigned char buf[256];
+    RC_OK(mmipc_ring_set_spin(q, 0));
+    snprintf(ha.path, sizeof ha.path, "%s", th_path("handoff"));
+    uint64_t end = th_now_ms() + (uint64_t)th_slow(30000);
+    pid_t pid = th_spawn(handoff_child, &ha);
+    for (uint32_t i = 0; i < HANDOFFS; i++) {
+        size_t len = 4 + (i * 37u) % 200u;
+        RC_IS(mmipc_ring_recv(q, buf, sizeof buf, th_slow(10000)), len);
+        ck_assert_msg(pm_ok(buf, i, len), "handoff message %u corrupt or out of order", i);
+        if ((i & 1023u) == 0) {
+            ck_assert_msg(th_now_ms() < end, "%u of %u sleep/wake handoffs took over %d ms: lost wake-ups?", i,
+                          HANDOFFS, th_slow(30000));
+            th_sleep_ms(1); /* let the ring fill: the producer sleeps too */
+        }
+    }
+    ck_assert_msg(th_wait(pid, 10000) == 0, "handoff producer failed");
+    struct mmipc_ring_stat st = ring_stat(q);
+    ck_assert_uint_eq(st.messages, 0);
+    ck_assert_uint_gt(st.recv_waits, 0);
+    mmipc_region_close(r);
+}
+END_TEST
+
 struct persist_arg {
     char path[320];
 };
@@ -2970,6 +3036,7 @@ Suite *make_ring_suite(void)
     tcase_add_test(tc, test_fork_zero_copy);
     tcase_add_test(tc, test_blocked_recv_wakes);
     tcase_add_test(tc, test_blocked_send_wakes);
+    tcase_add_test(tc, test_sleep_handoffs);
     tcase_add_test(tc, test_persistence);
 
     tc = tcase(s, "abandoned", 60);

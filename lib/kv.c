@@ -674,8 +674,7 @@ int mmipc__kv_check(mmipc_region *r, const char *name, uint8_t *obj, uint64_t si
         }
         if (MMIPC__KV_WORD_TAG(s.word) != MMIPC__KV_TAG_OF(s.hash)) {
             mmipc__report(fn, arg, name, "slot %u: key unreachable (the tag in its word does not match its key)", i);
-            problems++;
-            continue;
+            problems++; /* the other checks still apply */
         }
         if (s.version == 0 || s.version > last) {
             mmipc__report(fn, arg, name, "slot %u: version %llu outside 1..%llu", i, (unsigned long long)s.version,

@@ -211,7 +211,11 @@ _Static_assert(sizeof(struct mmipc__ring) == 448, "ring size");
 #define MMIPC__KV_WORD_COUNT(w) ((w) >> 19) /* 45 bits of change count */
 #define MMIPC__KV_WORD(count, tag, half, state)                                                                        \
     (((uint64_t)(count) << 19) | ((uint64_t)((tag)&0xffffu) << 3) | ((uint64_t)(half) << 2) | (state))
-#define MMIPC__KV_TAG_OF(hash) ((uint32_t)(hash)&0xffffu) /* the home slot comes from the high bits */
+/* The home slot comes from the hash's high bits (scaled to the table), the
+ * tag from its low 16: independent up to 65 536 slots; a bigger table's
+ * neighbours share some tag bits (at 2^24 slots, 8 of 16), which only makes
+ * a tag match without a key match (an extra body read) more likely. */
+#define MMIPC__KV_TAG_OF(hash) ((uint32_t)(hash)&0xffffu)
 
 struct mmipc__kv_half {
     uint64_t version; /* 0 */

@@ -472,9 +472,7 @@ static ssize_t consume(mmipc_ring *q, void *buf, size_t cap, const void **ptr, e
                 mmipc__store_release(&rec->state, MMIPC__REC_PEEKED | owner);
                 *ptr = payload;
             }
-            mmipc__mutex_unlock(&q->q->clock.m);
-            if (moved)
-                mmipc__cond_broadcast_after_unlock(&q->q->nonfull);
+            mmipc__unlock_broadcast(&q->q->clock.m, &q->q->nonfull, moved);
             return (ssize_t)len;
         }
         /* Nothing to take. */
@@ -572,9 +570,7 @@ int mmipc_ring_release(mmipc_ring *q, const void *ptr)
     int moved = 0;
     if (check_positions(q, h, t) == 0)
         moved = advance_head(q, h, t) > 0;
-    mmipc__mutex_unlock(&q->q->clock.m);
-    if (moved)
-        mmipc__cond_broadcast_after_unlock(&q->q->nonfull);
+    mmipc__unlock_broadcast(&q->q->clock.m, &q->q->nonfull, moved);
     return 0;
 }
 
@@ -663,8 +659,7 @@ int mmipc_ring_send(mmipc_ring *q, const void *msg, size_t len, int timeout_ms)
         memcpy((uint8_t *)rec + REC_HDR, msg, len);
     /* The instant the message exists: one release store. */
     mmipc__store_release(&q->q->tail, new_tail);
-    mmipc__mutex_unlock(&q->q->plock.m);
-    mmipc__cond_broadcast_after_unlock(&q->q->nonempty);
+    mmipc__unlock_broadcast(&q->q->plock.m, &q->q->nonempty, 1);
     return 0;
 }
 

@@ -2,10 +2,11 @@
  * kv tables: fixed slots, string keys, versioned values, crash-safe.
  *
  * Open addressing with linear probing.  Each slot has one word (in a compact
- * array of words) and a body of two halves (copies of key + value).  Writers serialise on the table lock, fill
- * the INACTIVE half and publish it with one release store of the word, which
- * carries a change count, the active half and the slot state (EMPTY, LIVE,
- * TOMB).  Consequences:
+ * array of words) and a body of two halves (copies of key + value).  Writers
+ * serialise on the table lock, fill the INACTIVE half and publish it with one
+ * release store of the word, which carries a change count, a tag of the key's
+ * hash, the active half and the slot state (EMPTY, LIVE, TOMB).
+ * Consequences:
  *   - a writer killed at any instant leaves the active half untouched: the
  *     key holds the old value or the new one, never a torn one, and there is
  *     nothing to repair;

@@ -1872,11 +1872,71 @@ struct cgeom {
     uint64_t *words;
     uint8_t *slot0;
     uint64_t slot_size, half_size;
+    void *map; /* the whole file, mapped by c_map_table */
+    size_t maplen;
 };
 
 static struct mmipc__kv_half *c_half(const struct cgeom *g, unsigned slot, unsigned which)
 {
     return (struct mmipc__kv_half *)(g->slot0 + slot * g->slot_size + which * g->half_size);
+}
+
+/* Map the kv object `name` of the region at path (open in r) and check that
+ * its header is what layout.h says for `slots` slots of `vmax` bytes.
+ * Returns the object (its size in *size) with *g filled, or NULL with why. */
+static uint8_t *c_map_table(mmipc_region *r, const char *path, const char *name, unsigned slots, uint64_t vmax,
+                            struct cgeom *g, uint64_t *size, char *why, size_t whylen)
+{
+    struct findobj f = {name, 0, 0};
+    if (mmipc_region_objects(r, find_obj_fn, &f) != 1) {
+        snprintf(why, whylen, "region_objects did not list the table");
+        return NULL;
+    }
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0 || (uint64_t)sb.st_size < f.off + f.size) {
+        snprintf(why, whylen, "open/fstat: %s", strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return NULL;
+    }
+    uint8_t *base = mmap(NULL, (size_t)sb.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (base == MAP_FAILED) {
+        snprintf(why, whylen, "mmap: %s", strerror(errno));
+        return NULL;
+    }
+    g->map = base;
+    g->maplen = (size_t)sb.st_size;
+    uint8_t *obj = base + f.off;
+    struct mmipc__kv *t = (struct mmipc__kv *)obj;
+    g->words = (uint64_t *)(obj + MMIPC__KV_WORDS_OFF);
+    g->slot0 = obj + t->slots_off;
+    g->slot_size = t->slot_size;
+    g->half_size = sizeof(struct mmipc__kv_half) + ((vmax + 7u) & ~(uint64_t)7);
+    uint64_t words_end = (MMIPC__KV_WORDS_OFF + slots * 8u + 63u) & ~(uint64_t)63;
+    if (t->magic != MMIPC__KV_MAGIC || t->slots != slots || t->value_max != vmax ||
+        t->words_off != MMIPC__KV_WORDS_OFF || t->slots_off != words_end || g->slot_size < 2 * g->half_size ||
+        t->slots_off + slots * g->slot_size > f.size) {
+        snprintf(why, whylen, "the table does not look like layout.h says");
+        munmap(base, g->maplen);
+        return NULL;
+    }
+    *size = f.size;
+    return obj;
+}
+
+/* The slot where key is LIVE, or `slots` if none is. */
+static unsigned c_find_live(const struct cgeom *g, unsigned slots, const char *key)
+{
+    size_t klen = strlen(key);
+    for (unsigned i = 0; i < slots; i++) {
+        uint64_t w = __atomic_load_n(&g->words[i], __ATOMIC_ACQUIRE);
+        const struct mmipc__kv_half *h = c_half(g, i, MMIPC__KV_WORD_HALF(w));
+        if (MMIPC__KV_WORD_STATE(w) == MMIPC__KV_LIVE && h->key_len == klen && memcmp(h->key, key, klen + 1) == 0)
+            return i;
+    }
+    return slots;
 }
 
 static void c_scribble(const struct cjob *j, uint8_t *obj, uint64_t objsize, const struct cgeom *g, unsigned target)
@@ -2035,46 +2095,21 @@ static int corrupt_child(void *arg)
     }
     mmipc_kv_del(kv, "k5");
 
-    struct findobj f = {"ct", 0, 0};
-    if (mmipc_region_objects(r, find_obj_fn, &f) != 1) {
-        shm_fail(sh, "%s: region_objects did not list the table", j->label);
-        return 2;
-    }
-    int fd = open(j->path, O_RDWR | O_CLOEXEC);
-    struct stat sb;
-    if (fd < 0 || fstat(fd, &sb) != 0 || (uint64_t)sb.st_size < f.off + f.size) {
-        shm_fail(sh, "%s: open/fstat: %s", j->label, strerror(errno));
-        return 2;
-    }
-    uint8_t *base = mmap(NULL, (size_t)sb.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (base == MAP_FAILED) {
-        shm_fail(sh, "%s: mmap: %s", j->label, strerror(errno));
-        return 2;
-    }
-    uint8_t *obj = base + f.off;
-    struct mmipc__kv *t = (struct mmipc__kv *)obj;
-    struct cgeom g = {(uint64_t *)(obj + MMIPC__KV_WORDS_OFF), obj + t->slots_off, t->slot_size,
-                      sizeof(struct mmipc__kv_half) + ((C_VMAX + 7u) & ~7u)};
-    uint64_t words_end = (MMIPC__KV_WORDS_OFF + C_SLOTS * 8 + 63u) & ~(uint64_t)63;
-    if (t->magic != MMIPC__KV_MAGIC || t->slots != C_SLOTS || t->value_max != C_VMAX ||
-        t->words_off != MMIPC__KV_WORDS_OFF || t->slots_off != words_end || g.slot_size < 2 * g.half_size ||
-        t->slots_off + C_SLOTS * g.slot_size > f.size) {
-        shm_fail(sh, "%s: the table does not look like layout.h says", j->label);
+    struct cgeom g;
+    uint64_t objsize;
+    char why[200];
+    uint8_t *obj = c_map_table(r, j->path, "ct", C_SLOTS, C_VMAX, &g, &objsize, why, sizeof why);
+    if (obj == NULL) {
+        shm_fail(sh, "%s: %s", j->label, why);
         return 4;
     }
-    unsigned target = C_SLOTS;
-    for (unsigned i = 0; i < C_SLOTS && target == C_SLOTS; i++) {
-        uint64_t w = __atomic_load_n(&g.words[i], __ATOMIC_ACQUIRE);
-        struct mmipc__kv_half *h = c_half(&g, i, MMIPC__KV_WORD_HALF(w));
-        if (MMIPC__KV_WORD_STATE(w) == MMIPC__KV_LIVE && h->key_len == 2 && memcmp(h->key, "k1", 3) == 0)
-            target = i;
-    }
+    unsigned target = c_find_live(&g, C_SLOTS, "k1");
     if (target == C_SLOTS) {
         shm_fail(sh, "%s: no LIVE slot holds k1", j->label);
         return 4;
     }
 
-    c_scribble(j, obj, f.size, &g, target);
+    c_scribble(j, obj, objsize, &g, target);
 
     struct cctx x = {j, "open", j->c.tgt >= C_HDR_SLOTS, 0, 0};
     c_exercise(&x, kv);
@@ -2094,8 +2129,7 @@ static int corrupt_child(void *arg)
         mmipc_region_close(r);
     } else if (rc != -EBADMSG)
         cfail(&x, "region_open = %s", E(rc));
-    munmap(base, (size_t)sb.st_size);
-    close(fd);
+    munmap(g.map, g.maplen);
     return x.bad ? 3 : 0;
 }
 
@@ -2168,29 +2202,15 @@ START_TEST(test_tag_mismatch)
     struct problems p = {0, ""};
     ck_assert_int_eq(mmipc_region_check(r, problem_fn, &p), 0);
 
-    struct findobj f = {"t", 0, 0};
-    ck_assert_int_eq(mmipc_region_objects(r, find_obj_fn, &f), 1);
-    int fd = open(path, O_RDWR | O_CLOEXEC);
-    ck_assert_int_ge(fd, 0);
-    uint8_t *base = mmap(NULL, (size_t)(f.off + f.size), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    ck_assert_ptr_ne(base, MAP_FAILED);
-    close(fd);
-    struct mmipc__kv *t = (struct mmipc__kv *)(base + f.off);
-    uint64_t *words = (uint64_t *)(base + f.off + t->words_off);
-    uint64_t half_size = sizeof(struct mmipc__kv_half) + 16;
-    unsigned at = 8;
-    for (unsigned i = 0; i < 8; i++) {
-        uint64_t w = words[i];
-        const struct mmipc__kv_half *h =
-            (const struct mmipc__kv_half *)(base + f.off + t->slots_off + i * t->slot_size +
-                                            MMIPC__KV_WORD_HALF(w) * half_size);
-        if (MMIPC__KV_WORD_STATE(w) == MMIPC__KV_LIVE && h->key_len == 5 && memcmp(h->key, "alpha", 5) == 0) {
-            ck_assert_uint_eq(MMIPC__KV_WORD_TAG(w), MMIPC__KV_TAG_OF(h->hash));
-            at = i;
-        }
-    }
+    struct cgeom g;
+    uint64_t objsize;
+    char why[200];
+    ck_assert_msg(c_map_table(r, path, "t", 8, 16, &g, &objsize, why, sizeof why) != NULL, "%s", why);
+    unsigned at = c_find_live(&g, 8, "alpha");
     ck_assert_uint_lt(at, 8);
-    __atomic_store_n(&words[at], words[at] ^ MMIPC__KV_WORD(0, 0x8001, 0, 0), __ATOMIC_RELEASE);
+    uint64_t w = g.words[at];
+    ck_assert_uint_eq(MMIPC__KV_WORD_TAG(w), MMIPC__KV_TAG_OF(c_half(&g, at, MMIPC__KV_WORD_HALF(w))->hash));
+    __atomic_store_n(&g.words[at], w ^ MMIPC__KV_WORD(0, 0x8001, 0, 0), __ATOMIC_RELEASE);
 
     ck_assert_int_eq(mmipc_kv_get(kv, "alpha", buf, sizeof buf, NULL), -ENOENT);
     ck_assert_int_eq(mmipc_kv_get(kv, "beta", buf, sizeof buf, NULL), 3);
@@ -2200,7 +2220,7 @@ START_TEST(test_tag_mismatch)
     ck_assert_int_eq(mmipc_kv_put(kv, "alpha", "three", 5), 0);
     ck_assert_int_eq(mmipc_kv_get(kv, "alpha", buf, sizeof buf, NULL), 5);
     ck_assert_int_eq(memcmp(buf, "three", 5), 0);
-    munmap(base, (size_t)(f.off + f.size));
+    munmap(g.map, g.maplen);
     mmipc_region_close(r);
 }
 END_TEST

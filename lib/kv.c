@@ -140,6 +140,16 @@ static struct mmipc__kv_half *half_of(mmipc_kv *kv, uint32_t i, unsigned which)
 
 /* ---------------------------------------------------------------- reading */
 
+/* Ask for slot i's body (both halves, up to 8 lines) at once: header, key
+ * and value are otherwise read one after the other, each miss queueing
+ * behind the last. */
+static void prefetch_body(mmipc_kv *kv, uint32_t i)
+{
+    const uint8_t *body = (const uint8_t *)half_of(kv, i, 0);
+    for (uint64_t off = 0; off < kv->slot_size && off < 8 * MMIPC__LINE; off += MMIPC__LINE)
+        __builtin_prefetch(body + off, 0, 0);
+}
+
 /* A consistent copy of one slot. */
 struct snap {
     uint64_t word;
@@ -172,14 +182,6 @@ static int snap_slot(mmipc_kv *kv, uint32_t i, const char *want_key, size_t want
         if (s->state != MMIPC__KV_LIVE && s->state != MMIPC__KV_TOMB)
             return SNAP_BAD;
         struct mmipc__kv_half *hf = half_of(kv, i, MMIPC__KV_WORD_HALF(w1));
-        if (attempt == 0) {
-            /* Header, key and value are read one after the other, each
-             * depending on the last: ask for all their lines at once so
-             * the misses of a big table overlap. */
-            uint64_t span = sizeof *hf + (all_values || want_key != NULL ? kv->value_max : 0);
-            for (uint64_t off = MMIPC__LINE; off < span && off < 4 * MMIPC__LINE; off += MMIPC__LINE)
-                __builtin_prefetch((const uint8_t *)hf + off, 0, 0);
-        }
         s->version = mmipc__load_relaxed(&hf->version);
         s->val_len = mmipc__load_relaxed(&hf->val_len);
         s->key_len = mmipc__load_relaxed(&hf->key_len);
@@ -230,9 +232,8 @@ static int64_t lookup(mmipc_kv *kv, const char *key, size_t klen, uint32_t hash,
      * halves, as only the word says which one is active) while the word
      * loads, so that in a big table the two misses overlap instead of
      * queueing one behind the other. */
-    const uint8_t *body = (const uint8_t *)half_of(kv, i, 0);
-    for (uint64_t off = 0; off < kv->slot_size && off < 8 * MMIPC__LINE; off += MMIPC__LINE)
-        __builtin_prefetch(body + off, 0, 0);
+    uint32_t home = i;
+    prefetch_body(kv, i);
     for (uint32_t n = 0; n < kv->nslots; n++, i = next_slot(i, kv->nslots)) {
         uint64_t w = mmipc__load_relaxed(word_of(kv, i));
         uint32_t state = MMIPC__KV_WORD_STATE(w);
@@ -240,6 +241,8 @@ static int64_t lookup(mmipc_kv *kv, const char *key, size_t klen, uint32_t hash,
             continue; /* another key: its body stays out of the cache */
         int match = 0;
         if (state == MMIPC__KV_LIVE) {
+            if (i != home)
+                prefetch_body(kv, i);
             int rc = snap_slot(kv, i, key, klen, hash, buf, cap, 0, stable, s, &match);
             if (rc != SNAP_OK)
                 return rc;

@@ -274,19 +274,11 @@ static int maybe_reclaim(mmipc_ring *q, struct mmipc__deadline *d, int consumer_
     return rc;
 }
 
-/* Find the first READY record (consumer lock held).  Returns 1 with its
- * position and length, 0 if none (*blocked set if a RESERVED/PEEKED record
- * stands in the way), or -EBADMSG. */
-static int find_ready(mmipc_ring *q, uint64_t *pos, uint64_t *len, uint64_t *size, int *blocked, uint64_t *tail)
+/* The general search for find_ready: from head h with tail t (checked),
+ * through pads, taken records and open ones. */
+static __attribute__((noinline)) int find_ready_scan(mmipc_ring *q, uint64_t h, uint64_t t, uint64_t *pos,
+                                                     uint64_t *len, uint64_t *size, int *blocked, uint64_t *tail)
 {
-    uint64_t h = mmipc__load_relaxed(&q->q->head);
-    /* Records below a tail seen before are published for good, so the
-     * producers' line is read again only when the scan gets there. */
-    uint64_t t = q->tail_cache;
-    if (t < h || t - h > q->cap)
-        t = mmipc__load_acquire(&q->q->tail);
-    if (check_positions(q, h, t) != 0)
-        return -EBADMSG;
     *blocked = 0;
     int rescanned = 0;
     for (uint64_t p = h;;) {
@@ -336,35 +328,37 @@ static int find_ready(mmipc_ring *q, uint64_t *pos, uint64_t *len, uint64_t *siz
     return 0;
 }
 
-/* find_ready for the common case, inline: the record at head is READY.
- * Anything else (empty aside: a PAD, DONE or open records first, or
- * corruption) goes to find_ready, which decides exactly as before. */
-static inline int find_ready_fast(mmipc_ring *q, uint64_t *pos, uint64_t *len, uint64_t *size, int *blocked,
-                                  uint64_t *tail)
+/* Find the first READY record (consumer lock held).  Returns 1 with its
+ * position and length, 0 if none (*blocked set if a RESERVED/PEEKED record
+ * stands in the way), or -EBADMSG.  Inline for the common case, a READY
+ * record at head (the oldest, so taking it keeps every order); anything
+ * else goes to find_ready_scan. */
+static inline int find_ready(mmipc_ring *q, uint64_t *pos, uint64_t *len, uint64_t *size, int *blocked, uint64_t *tail)
 {
     uint64_t h = mmipc__load_relaxed(&q->q->head);
+    /* Records below a tail seen before are published for good, so the
+     * producers' line is read again only when everything below the cached
+     * tail is taken. */
     uint64_t t = q->tail_cache;
     if (t <= h || t - h > q->cap) {
-        /* Everything below the cached tail is taken: read the producers'
-         * line now rather than on find_ready's second pass. */
         t = mmipc__load_acquire(&q->q->tail);
-        if (check_positions(q, h, t) != 0)
-            return find_ready(q, pos, len, size, blocked, tail);
         q->tail_cache = t;
-        if (t == h) {
-            *blocked = 0;
-            return 0; /* empty when tail was read */
-        }
-    } else if (check_positions(q, h, t) != 0) {
-        return find_ready(q, pos, len, size, blocked, tail);
+    }
+    if (check_positions(q, h, t) != 0)
+        return -EBADMSG;
+    if (t == h) {
+        *blocked = 0;
+        return 0; /* empty when tail was read */
     }
     uint32_t st;
     uint64_t rlen;
     uint64_t sz = rec_check(q, h, t, &st, &rlen);
-    if (sz == 0 || MMIPC__REC_KIND(st) != MMIPC__REC_READY)
-        return find_ready(q, pos, len, size, blocked, tail);
+    if (sz == 0)
+        return -EBADMSG;
+    if (MMIPC__REC_KIND(st) != MMIPC__REC_READY)
+        return find_ready_scan(q, h, t, pos, len, size, blocked, tail);
     *pos = h;
-    *len = rlen;
+    *len = rlen; /* the length checked above, not a second read */
     *size = sz;
     *tail = t;
     return 1;
@@ -424,7 +418,7 @@ static ssize_t consume(mmipc_ring *q, void *buf, size_t cap, const void **ptr, e
             return rc;
         uint64_t pos, len, size, tail;
         int blocked;
-        int found = find_ready_fast(q, &pos, &len, &size, &blocked, &tail);
+        int found = find_ready(q, &pos, &len, &size, &blocked, &tail);
         if (found == 0 && blocked) {
             int reclaimed;
             reclaimed = maybe_reclaim(q, &d, 1);

@@ -165,14 +165,17 @@ enum { SNAP_OK = 0, SNAP_BAD = -EBADMSG, SNAP_BUSY = -EAGAIN };
  * Copy slot i.  If want_key is given, the value is copied only when the key
  * matches (into buf when it fits in cap); with all_values, always.  `stable`:
  * the table lock is held, so one pass is exact.  Returns SNAP_OK, SNAP_BAD or
- * SNAP_BUSY (kept changing).  *match says whether the key matched.
+ * SNAP_BUSY (kept changing).  *match says whether the key matched.  w1 is
+ * the slot's word, just loaded with acquire by the caller, who may already
+ * have judged the slot by it: the first attempt uses that same value.
  */
-static int snap_slot(mmipc_kv *kv, uint32_t i, const char *want_key, size_t want_len, uint32_t want_hash, void *buf,
-                     size_t cap, int all_values, int stable, struct snap *s, int *match)
+static int snap_slot(mmipc_kv *kv, uint32_t i, uint64_t w1, const char *want_key, size_t want_len, uint32_t want_hash,
+                     void *buf, size_t cap, int all_values, int stable, struct snap *s, int *match)
 {
     uint64_t *wp = word_of(kv, i);
     for (int attempt = 0; attempt < (stable ? 1 : READ_RETRIES); attempt++) {
-        uint64_t w1 = mmipc__load_acquire(wp);
+        if (attempt > 0)
+            w1 = mmipc__load_acquire(wp);
         int bad = 0;
         s->word = w1;
         s->state = MMIPC__KV_WORD_STATE(w1);
@@ -235,7 +238,7 @@ static int64_t lookup(mmipc_kv *kv, const char *key, size_t klen, uint32_t hash,
     uint32_t home = i;
     prefetch_body(kv, i);
     for (uint32_t n = 0; n < kv->nslots; n++, i = next_slot(i, kv->nslots)) {
-        uint64_t w = mmipc__load_relaxed(word_of(kv, i));
+        uint64_t w = mmipc__load_acquire(word_of(kv, i));
         uint32_t state = MMIPC__KV_WORD_STATE(w);
         if (state == MMIPC__KV_LIVE && MMIPC__KV_WORD_TAG(w) != tag)
             continue; /* another key: its body stays out of the cache */
@@ -243,10 +246,10 @@ static int64_t lookup(mmipc_kv *kv, const char *key, size_t klen, uint32_t hash,
         if (state == MMIPC__KV_LIVE) {
             if (i != home)
                 prefetch_body(kv, i);
-            int rc = snap_slot(kv, i, key, klen, hash, buf, cap, 0, stable, s, &match);
+            int rc = snap_slot(kv, i, w, key, klen, hash, buf, cap, 0, stable, s, &match);
             if (rc != SNAP_OK)
                 return rc;
-            state = s->state; /* it may have changed since the first look */
+            state = s->state; /* from the word the copy was checked against */
         } else if (state != MMIPC__KV_EMPTY && state != MMIPC__KV_TOMB) {
             return -EBADMSG;
         }
@@ -520,10 +523,12 @@ int mmipc_kv_foreach(mmipc_kv *kv, mmipc_kv_fn fn, void *arg)
     int rc = 0;
     for (uint32_t i = 0; i < kv->nslots && rc == 0; i++) {
         int match;
-        int src = snap_slot(kv, i, NULL, 0, 0, buf, kv->value_max, 1, 0, &s, &match);
+        int src =
+            snap_slot(kv, i, mmipc__load_acquire(word_of(kv, i)), NULL, 0, 0, buf, kv->value_max, 1, 0, &s, &match);
         if (src == SNAP_BUSY && !kv->r->rdonly && lock_table(kv, UNTIMED_LOCK_MS) == 0) {
             /* Rewritten all along by a stream of writers: read it under the lock. */
-            src = snap_slot(kv, i, NULL, 0, 0, buf, kv->value_max, 1, 1, &s, &match);
+            src =
+                snap_slot(kv, i, mmipc__load_acquire(word_of(kv, i)), NULL, 0, 0, buf, kv->value_max, 1, 1, &s, &match);
             mmipc__mutex_unlock(&kv->t->lock.m);
         }
         if (src == SNAP_BUSY)
@@ -661,7 +666,7 @@ int mmipc__kv_check(mmipc_region *r, const char *name, uint8_t *obj, uint64_t si
     for (uint32_t i = 0; i < g.nslots && problems < 20; i++) {
         struct snap s;
         int match;
-        int rc = snap_slot(&kv, i, NULL, 0, 0, NULL, 0, 0, 0, &s, &match);
+        int rc = snap_slot(&kv, i, mmipc__load_acquire(word_of(&kv, i)), NULL, 0, 0, NULL, 0, 0, 0, &s, &match);
         if (rc == SNAP_BUSY)
             continue;
         if (rc != SNAP_OK) {

@@ -28,4 +28,15 @@ static inline void mmipc__cpu_relax(void)
 #endif
 }
 
+/* Fetch a cache line for writing (exclusive), so a later store to it does
+ * not wait for another CPU to give it up.  A hint: never faults. */
+static inline void mmipc__prefetch_write(const void *p)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __asm__ __volatile__("prefetchw %0" ::"m"(*(const char *)p));
+#else
+    __builtin_prefetch(p, 1, 3);
+#endif
+}
+
 #endif

@@ -49,6 +49,7 @@ struct mmipc_ring {
     struct mmipc__ring *q;
     uint8_t *data;
     uint64_t cap, mask, max_msg;
+    uint64_t ahead;    /* producers' write-prefetch distance, see prefetch_ahead */
     unsigned spin_us;  /* longest spin, set by mmipc_ring_set_spin */
     unsigned spin_cur; /* adaptive budget in [0, spin_us] (atomic) */
     unsigned spin_probe;
@@ -570,6 +571,27 @@ int mmipc_ring_release(mmipc_ring *q, const void *ptr)
 
 /* ---------------------------------------------------------------- producer side */
 
+/* Take, for writing, the lines the stream will reach q->ahead bytes after
+ * the record [from, to) just written.  The consumer read those lines a lap
+ * ago; without this, the stores to them each wait for that CPU to give the
+ * line up, all at once at the unlock's barrier, which halved a 64-byte
+ * stream.  Only free space is touched (below the cached head plus the
+ * capacity; the cache is never ahead of the real head), never a line a
+ * consumer may still be reading.  A hint: nothing is stored.  The distance
+ * covers a cross-CPU line transfer (~200 ns here) at full stream speed. */
+#define PREFETCH_AHEAD 2048u
+#define PREFETCH_MAX_LINES 8u
+static inline void prefetch_ahead(mmipc_ring *q, uint64_t from, uint64_t to)
+{
+    uint64_t h = __atomic_load_n(&q->head_cache, __ATOMIC_RELAXED);
+    uint64_t end = to + q->ahead;
+    if (end - h > q->cap)
+        return;
+    uint64_t p = (from + q->ahead) & ~(uint64_t)63;
+    for (unsigned n = 0; p < end && n < PREFETCH_MAX_LINES; p += 64, n++)
+        mmipc__prefetch_write(q->data + (p & q->mask));
+}
+
 /* Reserve room for a record of `need` bytes: on success returns 0 with plock
  * HELD and *pos where the record goes (a PAD record is already written if
  * the record had to skip the end of the buffer; tail not yet moved). */
@@ -651,6 +673,7 @@ int mmipc_ring_send(mmipc_ring *q, const void *msg, size_t len, int timeout_ms)
     mmipc__store_relaxed(&rec->pos, pos);
     if (len != 0)
         memcpy((uint8_t *)rec + REC_HDR, msg, len);
+    prefetch_ahead(q, pos, new_tail);
     /* The instant the message exists: one release store. */
     mmipc__store_release(&q->q->tail, new_tail);
     mmipc__unlock_broadcast(&q->q->plock.m, &q->q->nonempty, 1);
@@ -679,6 +702,7 @@ int mmipc_ring_reserve(mmipc_ring *q, size_t len, void **ptr, int timeout_ms)
     mmipc__store_relaxed(&rec->len, (uint32_t)len);
     mmipc__store_relaxed(&rec->state, MMIPC__REC_RESERVED | owner);
     mmipc__store_relaxed(&rec->pos, pos);
+    prefetch_ahead(q, pos, new_tail);
     mmipc__store_release(&q->q->tail, new_tail);
     mmipc__mutex_unlock(&q->q->plock.m);
     *ptr = (uint8_t *)rec + REC_HDR;
@@ -753,6 +777,7 @@ static int ring_handle(mmipc_region *r, uint64_t off, uint64_t size, mmipc_ring 
     q->data = r->base + off + MMIPC__RING_DATA_OFF;
     q->cap = cap;
     q->mask = cap - 1;
+    q->ahead = cap / 4 < PREFETCH_AHEAD ? cap / 4 : PREFETCH_AHEAD;
     q->max_msg = max_msg;
     q->spin_us = DEFAULT_SPIN_US;
     q->spin_cur = DEFAULT_SPIN_US;

@@ -158,7 +158,7 @@ struct mmipc__ring {
     uint64_t tail;          /* 128 next byte to reserve; published with release */
     uint64_t reserved1;     /* 136 */
     uint64_t send_waits;    /* 144 */
-    uint64_t committed;     /* 152 zero-copy commits: a change signal for spinning consumers only */
+    uint64_t reserved2;     /* 152 (was a commit counter; consumers now watch the open record) */
     uint8_t pad1[32];
     /* consumer side */
     mmipc__lock_slot clock; /* 192 consumers serialise on this */

@@ -56,6 +56,7 @@ struct mmipc_ring {
     int may_spin;
     uint64_t head_cache;   /* producers' view of head (under plock) */
     uint64_t tail_cache;   /* consumers' view of tail (under clock) */
+    uint64_t block_pos;    /* first open record find_ready_scan met (under clock) */
     uint64_t last_reclaim; /* ns, atomic */
 };
 
@@ -322,8 +323,10 @@ static __attribute__((noinline)) int find_ready_scan(mmipc_ring *q, uint64_t h, 
             *tail = t;
             return 1;
         }
-        if (k == MMIPC__REC_RESERVED || k == MMIPC__REC_PEEKED)
+        if ((k == MMIPC__REC_RESERVED || k == MMIPC__REC_PEEKED) && !*blocked) {
             *blocked = 1;
+            q->block_pos = p;
+        }
         p += sz;
     }
     return 0;
@@ -366,15 +369,19 @@ static inline int find_ready(mmipc_ring *q, uint64_t *pos, uint64_t *len, uint64
 }
 
 /*
- * Spin (without any lock) until `*word` or `*word2` differs from what was
- * seen, for at most the handle's current budget.  The budget adapts: a spin
+ * Spin (without any lock) until `*word`, `*word2` or `*word3` (the last two
+ * may be NULL) differs from what was seen, for at most the handle's current
+ * budget.  A consumer held up by an open record (a reservation not yet
+ * committed) watches that record's state, a line its producer writes
+ * anyway, rather than a shared counter every commit would have to bump.  The budget adapts: a spin
  * that ends in success doubles it (up to spin_us), one that runs out halves
  * it, so a peer that is not running right now (both processes on one CPU, or
  * an idle stream) soon costs no spinning at all, while a hot ping-pong keeps
  * spinning.  At zero budget every 16th wait still probes with a short spin.
  * Returns 1 if a word changed.
  */
-static int spin_until_changed(mmipc_ring *q, const uint64_t *word, uint64_t seen, const uint64_t *word2, uint64_t seen2)
+static int spin_until_changed(mmipc_ring *q, const uint64_t *word, uint64_t seen, const uint64_t *word2, uint64_t seen2,
+                              const uint32_t *word3, uint32_t seen3)
 {
     if (!q->may_spin || q->spin_us == 0)
         return 0;
@@ -387,7 +394,8 @@ static int spin_until_changed(mmipc_ring *q, const uint64_t *word, uint64_t seen
     }
     uint64_t end = now_ns() + (uint64_t)budget * 1000u;
     for (unsigned i = 1;; i++) {
-        if (mmipc__load_relaxed(word) != seen || mmipc__load_relaxed(word2) != seen2) {
+        if (mmipc__load_relaxed(word) != seen || (word2 != NULL && mmipc__load_relaxed(word2) != seen2) ||
+            (word3 != NULL && mmipc__load_relaxed(word3) != seen3)) {
             unsigned up = budget * 2 + 1;
             __atomic_store_n(&q->spin_cur, up < q->spin_us ? up : q->spin_us, __ATOMIC_RELAXED);
             return 1;
@@ -472,13 +480,14 @@ static ssize_t consume(mmipc_ring *q, void *buf, size_t cap, const void **ptr, e
         }
         /* Nothing to take. */
         uint64_t t_seen = mmipc__load_relaxed(&q->q->tail);
-        uint64_t s_seen = mmipc__load_relaxed(&q->q->committed);
+        const uint32_t *open = blocked ? &rec_at(q, q->block_pos)->state : NULL;
+        uint32_t o_seen = open != NULL ? mmipc__load_relaxed(open) : 0;
         if (mmipc__deadline_passed(&d)) {
             mmipc__mutex_unlock(&q->q->clock.m);
             return mmipc__deadline_err(&d);
         }
         mmipc__mutex_unlock(&q->q->clock.m);
-        if (spin_until_changed(q, &q->q->tail, t_seen, &q->q->committed, s_seen))
+        if (spin_until_changed(q, &q->q->tail, t_seen, NULL, 0, open, o_seen))
             continue;
         /* Sleep: arm, then re-check under the lock (Dekker with the
          * producer's publish + broadcast), then sleep one slice. */
@@ -633,7 +642,7 @@ static int produce_begin(mmipc_ring *q, uint64_t need, struct mmipc__deadline *d
         }
         mmipc__mutex_unlock(&q->q->plock.m);
         uint64_t recv_seen = mmipc__load_relaxed(&q->q->received);
-        if (spin_until_changed(q, &q->q->head, h, &q->q->received, recv_seen))
+        if (spin_until_changed(q, &q->q->head, h, &q->q->received, recv_seen, NULL, 0))
             continue;
         uint32_t seq = mmipc__cond_arm(&q->q->nonfull);
         uint64_t h2 = mmipc__load_acquire(&q->q->head);
@@ -736,7 +745,6 @@ int mmipc_ring_commit(mmipc_ring *q, void *ptr)
      * (and we must not publish a record it already discarded). */
     if (!__atomic_compare_exchange_n(&rec->state, &st, MMIPC__REC_READY, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
         return -EINVAL;
-    mmipc__fetch_add(&q->q->committed, 1);
     mmipc__cond_broadcast(&q->q->nonempty);
     return 0;
 }

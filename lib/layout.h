@@ -31,12 +31,18 @@
 #define MMIPC__MAX_LEASES 256u
 #define MMIPC__MAX_OBJECTS_LIMIT 65536u
 
-/* A lock slot: room for any sane pthread_mutex_t (glibc x86-64: 40 bytes). */
+/* A lock slot: room for any sane pthread_mutex_t (glibc x86-64: 40 bytes),
+ * and one word its holders may use, on the same line as the lock word
+ * (zero in files that never used it). */
 typedef union mmipc__lock_slot {
     pthread_mutex_t m;
+    struct {
+        unsigned char mutex_room[56];
+        uint64_t word; /* 56 */
+    } aux;
     unsigned char bytes[64];
 } __attribute__((aligned(64))) mmipc__lock_slot;
-_Static_assert(sizeof(pthread_mutex_t) <= 64, "pthread_mutex_t does not fit its slot");
+_Static_assert(sizeof(pthread_mutex_t) <= 56, "pthread_mutex_t does not fit its slot");
 _Static_assert(sizeof(mmipc__lock_slot) == 64, "lock slot is one cache line");
 
 /* mmipc condition variable: an event count on a futex (see sync.h). */
@@ -154,7 +160,8 @@ struct mmipc__ring {
     uint64_t data_off;    /* 24 from the start of this struct, 64-aligned */
     uint8_t pad0[32];
     /* line 1..: producer side */
-    mmipc__lock_slot plock; /* 64  producers serialise on this */
+    /* producers serialise on plock; plock.aux.word counts tail stores */
+    mmipc__lock_slot plock; /* 64 */
     uint64_t tail;          /* 128 next byte to reserve; published with release */
     uint64_t reserved1;     /* 136 */
     uint64_t send_waits;    /* 144 */

@@ -54,7 +54,13 @@ struct mmipc_ring {
     unsigned spin_cur; /* adaptive budget in [0, spin_us] (atomic) */
     unsigned spin_probe;
     int may_spin;
-    uint64_t head_cache;   /* producers' view of head (under plock) */
+    uint64_t head_cache; /* producers' view of head (under plock) */
+    /* The tail this handle last stored, and the tail-store count it left in
+     * plock.aux.word: while that count is unchanged no other producer (live
+     * or dead) has stored a tail since, so the shared tail need not be read
+     * (under plock). */
+    uint64_t my_tail, my_stores;
+    int my_tail_valid;
     uint64_t tail_cache;   /* consumers' view of tail (under clock) */
     uint64_t block_pos;    /* first open record find_ready_scan met (under clock) */
     uint64_t last_reclaim; /* ns, atomic */
@@ -247,7 +253,10 @@ static void repair_producer(void *arg)
     mmipc_ring *q = arg;
     /* A producer died holding plock.  Records are published by the tail
      * store, so anything it wrote past tail is simply not there; a RESERVED
-     * record it published is reclaimed like any abandoned reservation. */
+     * record it published is reclaimed like any abandoned reservation.
+     * Bump the tail-store count all the same, so that no handle trusts its
+     * copy of the tail across a death. */
+    mmipc__store_relaxed(&q->q->plock.aux.word, mmipc__load_relaxed(&q->q->plock.aux.word) + 1);
     mmipc__fetch_add(&q->q->recoveries, 1);
 }
 
@@ -601,6 +610,31 @@ static inline void prefetch_ahead(mmipc_ring *q, uint64_t from, uint64_t to)
         mmipc__prefetch_write(q->data + (p & q->mask));
 }
 
+/* The tail, read by a producer holding plock.  The shared word is on the
+ * line every consumer polls, so it is usually not in this CPU's cache; the
+ * count of tail stores on plock's own line (just taken by the lock) says
+ * whether this handle's copy is still right. */
+static inline uint64_t producer_tail(mmipc_ring *q)
+{
+    if (q->my_tail_valid && mmipc__load_relaxed(&q->q->plock.aux.word) == q->my_stores)
+        return q->my_tail;
+    return mmipc__load_relaxed(&q->q->tail);
+}
+
+/* Publish records up to t (plock held).  The count goes first: a producer
+ * that dies between the two stores has changed the count, so no handle
+ * trusts its copy of a tail that may have moved. */
+static inline void publish_tail(mmipc_ring *q, uint64_t t)
+{
+    uint64_t n = mmipc__load_relaxed(&q->q->plock.aux.word) + 1;
+    mmipc__store_relaxed(&q->q->plock.aux.word, n);
+    /* The instant the records exist: one release store. */
+    mmipc__store_release(&q->q->tail, t);
+    q->my_tail = t;
+    q->my_stores = n;
+    q->my_tail_valid = 1;
+}
+
 /* Reserve room for a record of `need` bytes: on success returns 0 with plock
  * HELD and *pos where the record goes (a PAD record is already written if
  * the record had to skip the end of the buffer; tail not yet moved). */
@@ -611,7 +645,7 @@ static int produce_begin(mmipc_ring *q, uint64_t need, struct mmipc__deadline *d
         rc = mmipc__mutex_lock(&q->q->plock.m, d, repair_producer, q);
         if (rc < 0)
             return rc;
-        uint64_t t = mmipc__load_relaxed(&q->q->tail);
+        uint64_t t = producer_tail(q);
         uint64_t off = t & q->mask, to_end = q->cap - off;
         uint64_t total = need <= to_end ? need : to_end + need;
         uint64_t h = __atomic_load_n(&q->head_cache, __ATOMIC_RELAXED);
@@ -683,8 +717,7 @@ int mmipc_ring_send(mmipc_ring *q, const void *msg, size_t len, int timeout_ms)
     if (len != 0)
         memcpy((uint8_t *)rec + REC_HDR, msg, len);
     prefetch_ahead(q, pos, new_tail);
-    /* The instant the message exists: one release store. */
-    mmipc__store_release(&q->q->tail, new_tail);
+    publish_tail(q, new_tail);
     mmipc__unlock_broadcast(&q->q->plock.m, &q->q->nonempty, 1);
     return 0;
 }
@@ -712,7 +745,7 @@ int mmipc_ring_reserve(mmipc_ring *q, size_t len, void **ptr, int timeout_ms)
     mmipc__store_relaxed(&rec->state, MMIPC__REC_RESERVED | owner);
     mmipc__store_relaxed(&rec->pos, pos);
     prefetch_ahead(q, pos, new_tail);
-    mmipc__store_release(&q->q->tail, new_tail);
+    publish_tail(q, new_tail);
     mmipc__mutex_unlock(&q->q->plock.m);
     *ptr = (uint8_t *)rec + REC_HDR;
     return 0;

@@ -356,12 +356,12 @@ static void *spsc_reserve(struct spsc *q, struct spsc_tx *tx, size_t len)
     }
     *(u64u *)(q->data + pos) = len;
     tx->rec = rec;
-    /* Take the free lines SPSC_AHEAD bytes on for writing, as mmipc's
-     * producers do, so that the stores never wait for the consumer's CPU
-     * to give a line back. */
+    /* Take the free lines SPSC_AHEAD bytes on for writing (at most 8 per
+     * message), as mmipc's producers do, so that the stores never wait for
+     * the consumer's CPU to give a line back. */
     uint64_t end = tx->head + rec + SPSC_AHEAD;
     if (end - tx->tail_cache <= cap)
-        for (uint64_t l = (tx->head + SPSC_AHEAD) & ~(uint64_t)63; l < end; l += 64)
+        for (uint64_t l = (tx->head + SPSC_AHEAD) & ~(uint64_t)63, n = 0; l < end && n < 8; l += 64, n++)
             prefetch_write(q->data + (l & (cap - 1)));
     return q->data + pos + 8;
 }

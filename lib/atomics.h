@@ -29,10 +29,12 @@ static inline void mmipc__cpu_relax(void)
 }
 
 /* Fetch a cache line for writing (exclusive), so a later store to it does
- * not wait for another CPU to give it up.  A hint: never faults. */
+ * not wait for another CPU to give it up.  A hint: never faults.  PREFETCHW
+ * by hand on x86-64 (compilers emit it only under -mprfchw; CPUs without it
+ * treat it as a prefetch or a no-op); elsewhere what the compiler has. */
 static inline void mmipc__prefetch_write(const void *p)
 {
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(__x86_64__) || defined(__PRFCHW__)
     __asm__ __volatile__("prefetchw %0" ::"m"(*(const char *)p));
 #else
     __builtin_prefetch(p, 1, 3);

@@ -160,12 +160,13 @@ struct mmipc__ring {
     uint64_t data_off;    /* 24 from the start of this struct, 64-aligned */
     uint8_t pad0[32];
     /* line 1..: producer side */
-    /* producers serialise on plock; plock.aux.word counts tail stores */
+    /* producers serialise on plock; plock.aux.word counts tail stores and
+     * producer repairs (see producer_tail in ring.c) */
     mmipc__lock_slot plock; /* 64 */
     uint64_t tail;          /* 128 next byte to reserve; published with release */
     uint64_t reserved1;     /* 136 */
     uint64_t send_waits;    /* 144 */
-    uint64_t reserved2;     /* 152 (was a commit counter; consumers now watch the open record) */
+    uint64_t committed;     /* 152 zero-copy commits: a change signal for spinning consumers only */
     uint8_t pad1[32];
     /* consumer side */
     mmipc__lock_slot clock; /* 192 consumers serialise on this */

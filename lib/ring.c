@@ -62,7 +62,6 @@ struct mmipc_ring {
     uint64_t my_tail, my_stores;
     int my_tail_valid;
     uint64_t tail_cache;   /* consumers' view of tail (under clock) */
-    uint64_t block_pos;    /* first open record find_ready_scan met (under clock) */
     uint64_t last_reclaim; /* ns, atomic */
 };
 
@@ -256,7 +255,7 @@ static void repair_producer(void *arg)
      * record it published is reclaimed like any abandoned reservation.
      * Bump the tail-store count all the same, so that no handle trusts its
      * copy of the tail across a death. */
-    mmipc__store_relaxed(&q->q->plock.aux.word, mmipc__load_relaxed(&q->q->plock.aux.word) + 1);
+    mmipc__bump(&q->q->plock.aux.word);
     mmipc__fetch_add(&q->q->recoveries, 1);
 }
 
@@ -332,10 +331,8 @@ static __attribute__((noinline)) int find_ready_scan(mmipc_ring *q, uint64_t h, 
             *tail = t;
             return 1;
         }
-        if ((k == MMIPC__REC_RESERVED || k == MMIPC__REC_PEEKED) && !*blocked) {
+        if (k == MMIPC__REC_RESERVED || k == MMIPC__REC_PEEKED)
             *blocked = 1;
-            q->block_pos = p;
-        }
         p += sz;
     }
     return 0;
@@ -378,19 +375,15 @@ static inline int find_ready(mmipc_ring *q, uint64_t *pos, uint64_t *len, uint64
 }
 
 /*
- * Spin (without any lock) until `*word`, `*word2` or `*word3` (the last two
- * may be NULL) differs from what was seen, for at most the handle's current
- * budget.  A consumer held up by an open record (a reservation not yet
- * committed) watches that record's state, a line its producer writes
- * anyway, rather than a shared counter every commit would have to bump.  The budget adapts: a spin
+ * Spin (without any lock) until `*word` or `*word2` differs from what was
+ * seen, for at most the handle's current budget.  The budget adapts: a spin
  * that ends in success doubles it (up to spin_us), one that runs out halves
  * it, so a peer that is not running right now (both processes on one CPU, or
  * an idle stream) soon costs no spinning at all, while a hot ping-pong keeps
  * spinning.  At zero budget every 16th wait still probes with a short spin.
  * Returns 1 if a word changed.
  */
-static int spin_until_changed(mmipc_ring *q, const uint64_t *word, uint64_t seen, const uint64_t *word2, uint64_t seen2,
-                              const uint32_t *word3, uint32_t seen3)
+static int spin_until_changed(mmipc_ring *q, const uint64_t *word, uint64_t seen, const uint64_t *word2, uint64_t seen2)
 {
     if (!q->may_spin || q->spin_us == 0)
         return 0;
@@ -403,8 +396,7 @@ static int spin_until_changed(mmipc_ring *q, const uint64_t *word, uint64_t seen
     }
     uint64_t end = now_ns() + (uint64_t)budget * 1000u;
     for (unsigned i = 1;; i++) {
-        if (mmipc__load_relaxed(word) != seen || (word2 != NULL && mmipc__load_relaxed(word2) != seen2) ||
-            (word3 != NULL && mmipc__load_relaxed(word3) != seen3)) {
+        if (mmipc__load_relaxed(word) != seen || mmipc__load_relaxed(word2) != seen2) {
             unsigned up = budget * 2 + 1;
             __atomic_store_n(&q->spin_cur, up < q->spin_us ? up : q->spin_us, __ATOMIC_RELAXED);
             return 1;
@@ -489,14 +481,13 @@ static ssize_t consume(mmipc_ring *q, void *buf, size_t cap, const void **ptr, e
         }
         /* Nothing to take. */
         uint64_t t_seen = mmipc__load_relaxed(&q->q->tail);
-        const uint32_t *open = blocked ? &rec_at(q, q->block_pos)->state : NULL;
-        uint32_t o_seen = open != NULL ? mmipc__load_relaxed(open) : 0;
+        uint64_t s_seen = mmipc__load_relaxed(&q->q->committed);
         if (mmipc__deadline_passed(&d)) {
             mmipc__mutex_unlock(&q->q->clock.m);
             return mmipc__deadline_err(&d);
         }
         mmipc__mutex_unlock(&q->q->clock.m);
-        if (spin_until_changed(q, &q->q->tail, t_seen, NULL, 0, open, o_seen))
+        if (spin_until_changed(q, &q->q->tail, t_seen, &q->q->committed, s_seen))
             continue;
         /* Sleep: arm, then re-check under the lock (Dekker with the
          * producer's publish + broadcast), then sleep one slice. */
@@ -593,9 +584,9 @@ int mmipc_ring_release(mmipc_ring *q, const void *ptr)
  * the record [from, to) just written.  The consumer read those lines a lap
  * ago; without this, the stores to them each wait for that CPU to give the
  * line up, all at once at the unlock's barrier, which halved a 64-byte
- * stream.  Only free space is touched (below the cached head plus the
- * capacity; the cache is never ahead of the real head), never a line a
- * consumer may still be reading.  A hint: nothing is stored.  The distance
+ * stream.  Only whole lines of free space are touched (below the cached
+ * head plus the capacity; the cache is never ahead of the real head), never
+ * a line a consumer may still be reading.  A hint: nothing is stored.  The distance
  * covers a cross-CPU line transfer (~200 ns here) at full stream speed. */
 #define PREFETCH_AHEAD 2048u
 #define PREFETCH_MAX_LINES 8u
@@ -603,8 +594,8 @@ static inline void prefetch_ahead(mmipc_ring *q, uint64_t from, uint64_t to)
 {
     uint64_t h = __atomic_load_n(&q->head_cache, __ATOMIC_RELAXED);
     uint64_t end = to + q->ahead;
-    if (end - h > q->cap)
-        return;
+    if (((end + 63) & ~(uint64_t)63) - h > q->cap)
+        return; /* the last line would reach the head record's */
     uint64_t p = (from + q->ahead) & ~(uint64_t)63;
     for (unsigned n = 0; p < end && n < PREFETCH_MAX_LINES; p += 64, n++)
         mmipc__prefetch_write(q->data + (p & q->mask));
@@ -626,12 +617,11 @@ static inline uint64_t producer_tail(mmipc_ring *q)
  * trusts its copy of a tail that may have moved. */
 static inline void publish_tail(mmipc_ring *q, uint64_t t)
 {
-    uint64_t n = mmipc__load_relaxed(&q->q->plock.aux.word) + 1;
-    mmipc__store_relaxed(&q->q->plock.aux.word, n);
+    mmipc__bump(&q->q->plock.aux.word);
     /* The instant the records exist: one release store. */
     mmipc__store_release(&q->q->tail, t);
     q->my_tail = t;
-    q->my_stores = n;
+    q->my_stores = mmipc__load_relaxed(&q->q->plock.aux.word);
     q->my_tail_valid = 1;
 }
 
@@ -676,7 +666,7 @@ static int produce_begin(mmipc_ring *q, uint64_t need, struct mmipc__deadline *d
         }
         mmipc__mutex_unlock(&q->q->plock.m);
         uint64_t recv_seen = mmipc__load_relaxed(&q->q->received);
-        if (spin_until_changed(q, &q->q->head, h, &q->q->received, recv_seen, NULL, 0))
+        if (spin_until_changed(q, &q->q->head, h, &q->q->received, recv_seen))
             continue;
         uint32_t seq = mmipc__cond_arm(&q->q->nonfull);
         uint64_t h2 = mmipc__load_acquire(&q->q->head);
@@ -778,6 +768,7 @@ int mmipc_ring_commit(mmipc_ring *q, void *ptr)
      * (and we must not publish a record it already discarded). */
     if (!__atomic_compare_exchange_n(&rec->state, &st, MMIPC__REC_READY, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
         return -EINVAL;
+    mmipc__fetch_add(&q->q->committed, 1);
     mmipc__cond_broadcast(&q->q->nonempty);
     return 0;
 }

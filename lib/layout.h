@@ -23,7 +23,7 @@
 
 #define MMIPC__MAGIC "MMIPCv1\n"
 #define MMIPC__MAGIC_LEN 8
-#define MMIPC__FORMAT_MAJOR 2u /* 2: kv words in their own array (0.2.0) */
+#define MMIPC__FORMAT_MAJOR 3u /* 3: producers count tail stores in plock.aux.word */
 #define MMIPC__FORMAT_MINOR 0u
 #define MMIPC__BOM UINT64_C(0x0102030405060708)
 #define MMIPC__HDR_SIZE 4096u

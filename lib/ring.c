@@ -617,11 +617,12 @@ static inline uint64_t producer_tail(mmipc_ring *q)
  * trusts its copy of a tail that may have moved. */
 static inline void publish_tail(mmipc_ring *q, uint64_t t)
 {
-    mmipc__bump(&q->q->plock.aux.word);
+    uint64_t n = mmipc__load_relaxed(&q->q->plock.aux.word) + 1;
+    mmipc__store_relaxed(&q->q->plock.aux.word, n);
     /* The instant the records exist: one release store. */
     mmipc__store_release(&q->q->tail, t);
     q->my_tail = t;
-    q->my_stores = mmipc__load_relaxed(&q->q->plock.aux.word);
+    q->my_stores = n; /* the count as stored, not read back */
     q->my_tail_valid = 1;
 }
 

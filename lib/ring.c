@@ -586,8 +586,9 @@ int mmipc_ring_release(mmipc_ring *q, const void *ptr)
  * line up, all at once at the unlock's barrier, which halved a 64-byte
  * stream.  Only whole lines of free space are touched (below the cached
  * head plus the capacity; the cache is never ahead of the real head), never
- * a line a consumer may still be reading.  A hint: nothing is stored.  The distance
- * covers a cross-CPU line transfer (~200 ns here) at full stream speed. */
+ * a line a consumer may still be reading.  A hint: nothing is stored.  The
+ * distance covers a cross-CPU line transfer (~200 ns here) at full stream
+ * speed. */
 #define PREFETCH_AHEAD 2048u
 #define PREFETCH_MAX_LINES 8u
 static inline void prefetch_ahead(mmipc_ring *q, uint64_t from, uint64_t to)

@@ -10,9 +10,10 @@
  * and a "sleeper present" flag.  Waiter: seq = arm() (loads seq, sets the
  * flag, full fence), re-check the condition, sleep(seq).  Signaler: publish
  * the change, signal() (full fence, and only if the flag is set: clear it,
- * bump seq, FUTEX_WAKE all; right after an unlock on x86, the unlock's LOCKed
- * exchange is that fence: mmipc__unlock_broadcast).  The two fences make a Dekker pair: either the
- * signaler sees the flag or the waiter's re-check sees the change, so it is
+ * bump seq, FUTEX_WAKE all; right after an unlock on x86, the unlock's
+ * LOCKed exchange is that fence: mmipc__unlock_broadcast).  The two fences
+ * make a Dekker pair: either the signaler sees the flag or the waiter's
+ * re-check sees the change, so it is
  * correct when waiter and signaler hold different locks, or none.  Sleeps are
  * cut into slices of at most MMIPC__SLICE_MS so that a signaler killed between
  * its publication and its wake strands nobody for long.

@@ -3,6 +3,12 @@
 #ifndef MMIPC_ATOMICS_H
 #define MMIPC_ATOMICS_H
 
+#include <stdint.h>
+#include <string.h>
+#if defined(__x86_64__)
+#include <emmintrin.h>
+#endif
+
 #define mmipc__load_relaxed(p) __atomic_load_n((p), __ATOMIC_RELAXED)
 #define mmipc__load_acquire(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define mmipc__store_relaxed(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
@@ -38,6 +44,42 @@ static inline void mmipc__prefetch_write(const void *p)
     __asm__ __volatile__("prefetchw %0" ::"m"(*(const char *)p));
 #else
     __builtin_prefetch(p, 1, 3);
+#endif
+}
+
+/* Messages from this length up are copied into the ring past the cache. */
+#define MMIPC__STREAM_MIN ((size_t)512 * 1024)
+
+/* Copy n bytes with non-temporal stores on x86-64, then order them before
+ * any later store (SFENCE: a release store alone does not).  With a message
+ * bigger than a CPU's L2 the consumer then meets the lines in memory
+ * instead of pulling each one from the producer's cache while the producer
+ * writes the next: 1.6-1.8x the bandwidth of a 1 MiB stream between the two
+ * CPUs here (README, Performance).  Elsewhere a plain memcpy. */
+static inline void mmipc__copy_stream(void *dst, const void *src, size_t n)
+{
+#if defined(__x86_64__)
+    unsigned char *d = dst;
+    const unsigned char *s = src;
+    size_t head = (size_t)(-(uintptr_t)d & 15);
+    if (head > n)
+        head = n;
+    memcpy(d, s, head);
+    d += head;
+    s += head;
+    n -= head;
+    for (; n >= 64; n -= 64, d += 64, s += 64) {
+        __m128i a = _mm_loadu_si128((const __m128i *)s), b = _mm_loadu_si128((const __m128i *)(s + 16));
+        __m128i c = _mm_loadu_si128((const __m128i *)(s + 32)), e = _mm_loadu_si128((const __m128i *)(s + 48));
+        _mm_stream_si128((__m128i *)d, a);
+        _mm_stream_si128((__m128i *)(d + 16), b);
+        _mm_stream_si128((__m128i *)(d + 32), c);
+        _mm_stream_si128((__m128i *)(d + 48), e);
+    }
+    memcpy(d, s, n);
+    _mm_sfence();
+#else
+    memcpy(dst, src, n);
 #endif
 }
 

@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "atomics.h"
 #include "helpers.h"
 #include "layout.h"
 
@@ -458,6 +459,46 @@ START_TEST(test_max_message)
     st = ring_stat(q);
     ck_assert_uint_eq(st.messages, 0);
     ck_assert_uint_eq(st.used, 0);
+    free(buf);
+    free(out);
+    mmipc_region_close(r);
+}
+END_TEST
+
+/* From MMIPC__STREAM_MIN bytes on, send copies with non-temporal stores:
+ * every length and alignment around the threshold arrives whole, and the
+ * records either side of it are untouched. */
+START_TEST(test_stream_copy)
+{
+    mmipc_region *r = th_region("stream", (size_t)8 << 20);
+    mmipc_ring *q = new_ring(r, "q", (size_t)4 << 20);
+    const size_t lens[] = {MMIPC__STREAM_MIN - 1,  MMIPC__STREAM_MIN, MMIPC__STREAM_MIN + 1,
+                           MMIPC__STREAM_MIN + 63, (size_t)1 << 20,   ((size_t)1 << 20) + 13};
+    size_t nlens = sizeof lens / sizeof lens[0], big = ((size_t)1 << 20) + 64;
+    unsigned char *buf = malloc(big), *out = malloc(big);
+    ck_assert(buf && out);
+
+    for (uint32_t k = 0; k < 3 * nlens; k++) {
+        size_t len = lens[k % nlens], small = 1 + (k * 24u) % 200u;
+        /* the record before shifts where the big payload starts; the big
+         * one comes from an offset into the caller's buffer too, so source
+         * and destination differ in alignment */
+        pm_fill(buf, 500 + k, small);
+        RC_OK(mmipc_ring_send(q, buf, small, 0));
+        pm_fill(buf + k % 16, k, len);
+        RC_OK(mmipc_ring_send(q, buf + k % 16, len, 0));
+        pm_fill(buf, 900 + k, small);
+        RC_OK(mmipc_ring_send(q, buf, small, 0));
+
+        RC_IS(mmipc_ring_recv(q, out, big, 0), small);
+        ck_assert_msg(pm_ok(out, 500 + k, small), "record before %zu B corrupted", len);
+        memset(out, 0, big);
+        RC_IS(mmipc_ring_recv(q, out, big, 0), len);
+        ck_assert_msg(pm_ok(out, k, len), "%zu B message %u corrupted", len, k);
+        RC_IS(mmipc_ring_recv(q, out, big, 0), small);
+        ck_assert_msg(pm_ok(out, 900 + k, small), "record after %zu B corrupted", len);
+    }
+    ck_assert_uint_eq(ring_stat(q).messages, 0);
     free(buf);
     free(out);
     mmipc_region_close(r);
@@ -3009,6 +3050,7 @@ Suite *make_ring_suite(void)
     tcase_add_test(tc, test_nospace);
     tcase_add_test(tc, test_capacity);
     tcase_add_test(tc, test_max_message);
+    tcase_add_test(tc, test_stream_copy);
     tcase_add_test(tc, test_zero_len);
     tcase_add_test(tc, test_fifo);
     tcase_add_test(tc, test_recv_small_buffer);

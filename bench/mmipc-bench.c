@@ -243,13 +243,23 @@ struct tmpl {
     uint64_t sum;
 };
 
+/* Four independent sums, so that checking a big message is bound by reading
+ * it rather than by one chain of dependent adds (a single chain read 1 MiB
+ * at 27 GB/s here, slower than the copy it checks). */
 static uint64_t sum_words(const unsigned char *p, size_t from, size_t to)
 {
     const u64u *w = (const u64u *)p;
-    uint64_t s = 0;
-    for (size_t i = from; i < to; i++)
-        s += w[i];
-    return s;
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    size_t i = from;
+    for (; i + 4 <= to; i += 4) {
+        s0 += w[i];
+        s1 += w[i + 1];
+        s2 += w[i + 2];
+        s3 += w[i + 3];
+    }
+    for (; i < to; i++)
+        s0 += w[i];
+    return s0 + s1 + s2 + s3;
 }
 
 static void tmpl_init(struct tmpl *t, size_t len)

@@ -465,9 +465,35 @@ START_TEST(test_max_message)
 }
 END_TEST
 
+/* mmipc__copy_stream itself, at every alignment of source and destination
+ * and lengths around its 64-byte blocks: every byte arrives, and not one
+ * byte either side of the destination changes.  (In a ring the payload is
+ * always 16-byte aligned, so send never takes the unaligned head.) */
+START_TEST(test_copy_stream_edges)
+{
+    enum { GUARD = 64, MAXN = 300 };
+    unsigned char src[MAXN + 32], dst[GUARD + 16 + MAXN + GUARD];
+    for (size_t i = 0; i < sizeof src; i++)
+        src[i] = (unsigned char)(i * 37u + 11u);
+    for (size_t so = 0; so < 16; so++)
+        for (size_t dof = 0; dof < 16; dof++)
+            for (size_t n = 0; n <= MAXN; n += n < 140 ? 1 : 23) {
+                memset(dst, 0xA5, sizeof dst);
+                mmipc__copy_stream(dst + GUARD + dof, src + so, n);
+                for (size_t i = 0; i < sizeof dst; i++) {
+                    int inside = i >= GUARD + dof && i < GUARD + dof + n;
+                    unsigned char want = inside ? src[so + i - GUARD - dof] : 0xA5;
+                    if (dst[i] != want)
+                        ck_abort_msg("copy of %zu B from +%zu to +%zu: byte %zd is %#x, want %#x", n, so, dof,
+                                     (ssize_t)i - GUARD - (ssize_t)dof, dst[i], want);
+                }
+            }
+}
+END_TEST
+
 /* From MMIPC__STREAM_MIN bytes on, send copies with non-temporal stores:
- * every length and alignment around the threshold arrives whole, and the
- * records either side of it are untouched. */
+ * every length around the threshold, from a source at every alignment,
+ * arrives whole, and the record sent before it is untouched. */
 START_TEST(test_stream_copy)
 {
     mmipc_region *r = th_region("stream", (size_t)8 << 20);
@@ -480,9 +506,8 @@ START_TEST(test_stream_copy)
 
     for (uint32_t k = 0; k < 3 * nlens; k++) {
         size_t len = lens[k % nlens], small = 1 + (k * 24u) % 200u;
-        /* the record before shifts where the big payload starts; the big
-         * one comes from an offset into the caller's buffer too, so source
-         * and destination differ in alignment */
+        /* the record before moves the big one along the ring (in 16-byte
+         * steps), which comes from every alignment of the caller's buffer */
         pm_fill(buf, 500 + k, small);
         RC_OK(mmipc_ring_send(q, buf, small, 0));
         pm_fill(buf + k % 16, k, len);
@@ -3050,6 +3075,7 @@ Suite *make_ring_suite(void)
     tcase_add_test(tc, test_nospace);
     tcase_add_test(tc, test_capacity);
     tcase_add_test(tc, test_max_message);
+    tcase_add_test(tc, test_copy_stream_edges);
     tcase_add_test(tc, test_stream_copy);
     tcase_add_test(tc, test_zero_len);
     tcase_add_test(tc, test_fifo);

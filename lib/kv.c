@@ -302,6 +302,53 @@ static int64_t lookup_any(mmipc_kv *kv, const char *key, size_t klen, uint32_t h
     return rc;
 }
 
+/*
+ * The common get in one short pass: the key's probe chain up to its LIVE
+ * slot or an EMPTY one, a copy checked against the word, nothing else.
+ * Returns the value's length (copied when it fits in cap), -ENOENT, or 1
+ * << 62 when anything is unusual (a slot changing under us, a state or
+ * header that needs judging): the caller then runs the full lookup.  A get
+ * this short lets the CPU start the next get's memory access before this
+ * one's has arrived, which is what a table bigger than the caches needs.
+ */
+#define GET_SLOW ((int64_t)1 << 62)
+
+static int64_t get_fast(mmipc_kv *kv, const char *key, size_t klen, uint32_t hash, void *buf, size_t cap,
+                        uint64_t *version)
+{
+    uint32_t tag = MMIPC__KV_TAG_OF(hash), nslots = kv->nslots;
+    uint32_t i = home_of(hash, nslots);
+    prefetch_body(kv, i);
+    for (uint32_t n = 0; n < nslots; n++, i = next_slot(i, nslots)) {
+        const uint64_t *wp = word_of(kv, i);
+        uint64_t w = mmipc__load_acquire(wp);
+        uint32_t state = MMIPC__KV_WORD_STATE(w);
+        if (state == MMIPC__KV_EMPTY)
+            return -ENOENT;
+        if (state == MMIPC__KV_TOMB || (state == MMIPC__KV_LIVE && MMIPC__KV_WORD_TAG(w) != tag))
+            continue; /* another key's slot: its body stays out of the cache */
+        if (state != MMIPC__KV_LIVE)
+            return GET_SLOW; /* not a state we write: the full lookup reports it */
+        const struct mmipc__kv_half *hf = half_of(kv, i, MMIPC__KV_WORD_HALF(w));
+        uint32_t key_len = mmipc__load_relaxed(&hf->key_len), val_len = mmipc__load_relaxed(&hf->val_len);
+        uint32_t h = mmipc__load_relaxed(&hf->hash);
+        uint64_t v = mmipc__load_relaxed(&hf->version);
+        if (key_len != klen || h != hash || memcmp(hf->key, key, klen) != 0)
+            return GET_SLOW; /* a tag collision, or a torn or scribbled slot */
+        if (val_len > kv->value_max)
+            return GET_SLOW;
+        if (val_len <= cap && val_len != 0)
+            memcpy(buf, (const uint8_t *)hf + sizeof *hf, val_len);
+        mmipc__fence_acquire();
+        if (mmipc__load_relaxed(wp) != w)
+            return GET_SLOW;
+        if (version != NULL && val_len <= cap)
+            *version = v;
+        return val_len;
+    }
+    return GET_SLOW;
+}
+
 ssize_t mmipc_kv_get(mmipc_kv *kv, const char *key, void *buf, size_t cap, uint64_t *version)
 {
     size_t klen;
@@ -311,7 +358,11 @@ ssize_t mmipc_kv_get(mmipc_kv *kv, const char *key, void *buf, size_t cap, uint6
     int rc = mmipc__check_name(key, MMIPC_KEY_MAX, &klen);
     if (rc != 0)
         return rc;
-    int64_t at = lookup_any(kv, key, klen, key_hash(key, klen), buf, cap, &s);
+    uint32_t hash = key_hash(key, klen);
+    int64_t fast = get_fast(kv, key, klen, hash, buf, cap, version);
+    if (fast != GET_SLOW)
+        return fast >= 0 && (size_t)fast > cap ? -EMSGSIZE : (ssize_t)fast;
+    int64_t at = lookup_any(kv, key, klen, hash, buf, cap, &s);
     if (at < 0)
         return at;
     if (s.val_len > cap)

@@ -17,8 +17,9 @@
  *       The consumer checks a sequence number and a checksum over every byte.
  *       mmipc copy API (send/recv) and zero-copy API (reserve/commit,
  *       peek/release; the producer fills its reservation as send does, with
- *       non-temporal stores from 512 KiB).  Cost: CPU seconds per million messages, context
- *       switches, system calls per message (separate counting pass).
+ *       non-temporal stores from 512 KiB).  Cost: CPU seconds per million
+ *       messages, context switches, system calls per message (separate
+ *       counting pass).
  *   W3  4 producers x 4 consumers sharing one queue, 64 B: aggregate msgs/s.
  *   W5  kv table: get and put ops/s, and gets while another process puts.
  *

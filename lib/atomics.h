@@ -1,5 +1,7 @@
 /* The only way lib/ touches a word another process may write: explicit
- * memory orders on the __atomic builtins (liburing's barrier.h idea). */
+ * memory orders on the __atomic builtins (liburing's barrier.h idea).  Also
+ * the two ways a ring producer writes memory another CPU reads next: the
+ * write prefetch and the non-temporal copy of big messages. */
 #ifndef MMIPC_ATOMICS_H
 #define MMIPC_ATOMICS_H
 
@@ -55,7 +57,7 @@ static inline void mmipc__prefetch_write(const void *p)
  * bigger than a CPU's L2 the consumer then meets the lines in memory
  * instead of pulling each one from the producer's cache while the producer
  * writes the next: 1.6-1.8x the bandwidth of a 1 MiB stream between the two
- * CPUs here (README, Performance).  Elsewhere a plain memcpy. */
+ * CPUs here (README, Rings).  Elsewhere a plain memcpy. */
 static inline void mmipc__copy_stream(void *dst, const void *src, size_t n)
 {
 #if defined(__x86_64__)

@@ -66,7 +66,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "atomics.h" /* lib/: the ring producers' prefetch and copy */
+/* lib/: the ring producers' write prefetch, and mmipc__copy_msg, which the
+ * bare ring and the zero-copy producer use to fill a message as
+ * mmipc_ring_send does (big ones past the cache). */
+#include "atomics.h"
 #include "mmipc.h"
 
 #ifdef HAVE_ZMQ
@@ -341,19 +344,6 @@ static void cpu_relax(unsigned *spins)
 }
 
 #define SPSC_AHEAD 2048u
-
-/* How the producers the bench writes itself (the bare ring's, and mmipc's
- * zero-copy one, which fills its reservation) copy a message: as
- * mmipc_ring_send does, with non-temporal stores from MMIPC__STREAM_MIN
- * bytes on.  A zero-copy user who builds big messages should do the same;
- * the physical reference must not lack what mmipc does. */
-static void fill(void *dst, const void *src, size_t len)
-{
-    if (len >= MMIPC__STREAM_MIN)
-        mmipc__copy_stream(dst, src, len);
-    else
-        memcpy(dst, src, len);
-}
 
 static void *spsc_reserve(struct spsc *q, struct spsc_tx *tx, size_t len)
 {
@@ -763,7 +753,7 @@ static int end_send_raw(struct end *e, const void *p, size_t len)
         return 0;
     case K_SPSC: {
         void *d = spsc_reserve(l->spsc[e->tx], &e->stx, len);
-        fill(d, p, len);
+        mmipc__copy_msg(d, p, len);
         spsc_publish(l->spsc[e->tx], &e->stx);
         return 0;
     }
@@ -787,7 +777,7 @@ static int end_send(struct end *e, struct tmpl *tm, uint64_t seq, uint64_t src)
             sfmt(e->err, sizeof e->err, "mmipc_ring_reserve: %s", mmipc_strerror(rc));
             return rc;
         }
-        fill(p, tm->buf, tm->len);
+        mmipc__copy_msg(p, tm->buf, tm->len);
         msg_stamp(p, tm->len, seq, src);
         rc = mmipc_ring_commit(e->ring[e->tx], p);
         if (rc < 0)
@@ -796,7 +786,7 @@ static int end_send(struct end *e, struct tmpl *tm, uint64_t seq, uint64_t src)
     }
     if (l->t->kind == K_SPSC) {
         void *p = spsc_reserve(l->spsc[e->tx], &e->stx, tm->len);
-        fill(p, tm->buf, tm->len);
+        mmipc__copy_msg(p, tm->buf, tm->len);
         msg_stamp(p, tm->len, seq, src);
         spsc_publish(l->spsc[e->tx], &e->stx);
         return 0;

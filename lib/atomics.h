@@ -85,4 +85,14 @@ static inline void mmipc__copy_stream(void *dst, const void *src, size_t n)
 #endif
 }
 
+/* How a ring producer copies a message in: past the cache from
+ * MMIPC__STREAM_MIN bytes on, otherwise a plain memcpy. */
+static inline void mmipc__copy_msg(void *dst, const void *src, size_t n)
+{
+    if (n >= MMIPC__STREAM_MIN)
+        mmipc__copy_stream(dst, src, n);
+    else if (n != 0)
+        memcpy(dst, src, n);
+}
+
 #endif

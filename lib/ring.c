@@ -706,10 +706,7 @@ int mmipc_ring_send(mmipc_ring *q, const void *msg, size_t len, int timeout_ms)
     mmipc__store_relaxed(&rec->len, (uint32_t)len);
     mmipc__store_relaxed(&rec->state, MMIPC__REC_READY);
     mmipc__store_relaxed(&rec->pos, pos);
-    if (len >= MMIPC__STREAM_MIN)
-        mmipc__copy_stream((uint8_t *)rec + REC_HDR, msg, len);
-    else if (len != 0)
-        memcpy((uint8_t *)rec + REC_HDR, msg, len);
+    mmipc__copy_msg((uint8_t *)rec + REC_HDR, msg, len);
     prefetch_ahead(q, pos, new_tail);
     publish_tail(q, new_tail);
     mmipc__unlock_broadcast(&q->q->plock.m, &q->q->nonempty, 1);

@@ -13,10 +13,10 @@
  * bump seq, FUTEX_WAKE all; right after an unlock on x86, the unlock's
  * LOCKed exchange is that fence: mmipc__unlock_broadcast).  The two fences
  * make a Dekker pair: either the signaler sees the flag or the waiter's
- * re-check sees the change, so it is
- * correct when waiter and signaler hold different locks, or none.  Sleeps are
- * cut into slices of at most MMIPC__SLICE_MS so that a signaler killed between
- * its publication and its wake strands nobody for long.
+ * re-check sees the change, so it is correct when waiter and signaler hold
+ * different locks, or none.  Sleeps are cut into slices of at most
+ * MMIPC__SLICE_MS so that a signaler killed between its publication and its
+ * wake strands nobody for long.
  */
 #ifndef MMIPC_SYNC_H
 #define MMIPC_SYNC_H

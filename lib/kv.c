@@ -147,7 +147,7 @@ static void prefetch_body(mmipc_kv *kv, uint32_t i)
 {
     const uint8_t *body = (const uint8_t *)half_of(kv, i, 0);
     for (uint64_t off = 0; off < kv->slot_size && off < 8 * MMIPC__LINE; off += MMIPC__LINE)
-        __builtin_prefetch(body + off, 0, 0);
+        mmipc__prefetch_read(body + off);
 }
 
 /* A consistent copy of one slot. */

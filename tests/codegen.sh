@@ -2,7 +2,7 @@
 # The machine instructions the hot paths were tuned around are in the built
 # library.  A compiler may drop a hint without a word: GCC 12 deleted every
 # call of kv's body prefetch once it was a helper of nothing but
-# __builtin_prefetch (2cf5469 to c37c04c), and the benchmark figures of
+# __builtin_prefetch (2cf5469 to 7c9d53f), and the benchmark figures of
 # that time were measured without it.  So look at the code: each public
 # function below must contain the instruction itself or call (directly or
 # through other functions of the library) one that does:

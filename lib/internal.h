@@ -3,8 +3,10 @@
 #ifndef MMIPC_INTERNAL_H
 #define MMIPC_INTERNAL_H
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/types.h>
 
 #include "atomics.h"
@@ -46,8 +48,19 @@ static inline uint64_t mmipc__round_up(uint64_t v, uint64_t a)
 /* The calling process's pid, cached (reset in the child after fork). */
 pid_t mmipc__getpid(void);
 
-/* Name/key validation: 0, -EINVAL (NULL or empty), -ENAMETOOLONG. */
-int mmipc__check_name(const char *name, size_t max, size_t *len);
+/* Name/key validation: 0, -EINVAL (NULL or empty), -ENAMETOOLONG.  Inline:
+ * a kv get runs it on every call (see kv.c, "Reading"). */
+static inline int mmipc__check_name(const char *name, size_t max, size_t *len)
+{
+    if (name == NULL || name[0] == '\0')
+        return -EINVAL;
+    size_t n = strnlen(name, max + 1);
+    if (n > max)
+        return -ENAMETOOLONG;
+    if (len != NULL)
+        *len = n;
+    return 0;
+}
 
 /*
  * Create an object of `size` bytes under the region lock: reserves a

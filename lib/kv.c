@@ -140,6 +140,36 @@ static struct mmipc__kv_half *half_of(mmipc_kv *kv, uint32_t i, unsigned which)
 
 /* ---------------------------------------------------------------- reading */
 
+/* memcpy(dst, src, n) with no call up to 64 bytes: 16-byte moves, the last
+ * one overlapping the one before.  A get on a table bigger than the caches
+ * waits on memory, and the fewer instructions it takes, the sooner the CPU
+ * starts the next get's accesses: with this copy and the inline name check,
+ * a get on the bench's 50,000-key table is about 6% faster than with libc's
+ * memcpy (README, kv).  (An inline key compare in place of memcmp was
+ * measured too, and made gets slower.) */
+static inline void copy_value(void *dst, const void *src, size_t n)
+{
+    unsigned char *d = dst;
+    const unsigned char *s = src;
+    if (n > 64) {
+        memcpy(d, s, n);
+    } else if (n >= 16) {
+        for (size_t i = 0; i + 16 < n; i += 16)
+            memcpy(d + i, s + i, 16);
+        memcpy(d + n - 16, s + n - 16, 16);
+    } else if (n >= 8) {
+        memcpy(d, s, 8);
+        memcpy(d + n - 8, s + n - 8, 8);
+    } else if (n >= 4) {
+        memcpy(d, s, 4);
+        memcpy(d + n - 4, s + n - 4, 4);
+    } else if (n != 0) {
+        d[0] = s[0];
+        d[n / 2] = s[n / 2];
+        d[n - 1] = s[n - 1];
+    }
+}
+
 /* Ask for slot i's body (both halves, up to 8 lines) at once: header, key
  * and value are otherwise read one after the other, each miss queueing
  * behind the last. */
@@ -337,8 +367,8 @@ static int64_t get_fast(mmipc_kv *kv, const char *key, size_t klen, uint32_t has
             return GET_SLOW; /* a tag collision, or a torn or scribbled slot */
         if (val_len > kv->value_max)
             return GET_SLOW;
-        if (val_len <= cap && val_len != 0)
-            memcpy(buf, (const uint8_t *)hf + sizeof *hf, val_len);
+        if (val_len <= cap)
+            copy_value(buf, (const uint8_t *)hf + sizeof *hf, val_len);
         mmipc__fence_acquire();
         if (mmipc__load_relaxed(wp) != w)
             return GET_SLOW;

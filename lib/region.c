@@ -108,18 +108,6 @@ static uint64_t proc_start_time(pid_t pid)
     return strtoull(p + 1, NULL, 10);
 }
 
-int mmipc__check_name(const char *name, size_t max, size_t *len)
-{
-    if (name == NULL || name[0] == '\0')
-        return -EINVAL;
-    size_t n = strnlen(name, max + 1);
-    if (n > max)
-        return -ENAMETOOLONG;
-    if (len != NULL)
-        *len = n;
-    return 0;
-}
-
 static struct mmipc__hdr *hdr_of(mmipc_region *r)
 {
     return (struct mmipc__hdr *)r->base;

@@ -309,6 +309,34 @@ START_TEST(test_put_get)
 }
 END_TEST
 
+/* Every value length through the get's own small copy (0, 1-3, 4-7, 8-15,
+ * 16-64 bytes) and past it (libc's memcpy from 65 on): the exact bytes
+ * arrive, and nothing is written past them, into a heap buffer of exactly
+ * that size (ASan) or before a canary. */
+START_TEST(test_value_lengths)
+{
+    mmipc_region *r = th_region("vl.mmipc", 1 << 20);
+    mmipc_kv *kv = kv_new(r, "vl", 16, 200);
+    unsigned char val[200], out[200 + 16];
+    for (size_t len = 0; len <= 200; len = len < 130 ? len + 1 : len + 35) {
+        for (size_t i = 0; i < len; i++)
+            val[i] = (unsigned char)(len * 31 + i * 7 + 1);
+        ck_assert_int_eq(mmipc_kv_put(kv, "k", val, len), 0);
+        unsigned char *exact = malloc(len ? len : 1);
+        ck_assert_ptr_nonnull(exact);
+        ck_assert_int_eq(mmipc_kv_get(kv, "k", exact, len, NULL), (ssize_t)len);
+        ck_assert_mem_eq(exact, val, len);
+        free(exact);
+        memset(out, 0xa5, sizeof out);
+        ck_assert_int_eq(mmipc_kv_get(kv, "k", out, sizeof out, NULL), (ssize_t)len);
+        ck_assert_mem_eq(out, val, len);
+        for (size_t i = len; i < sizeof out; i++)
+            ck_assert_msg(out[i] == 0xa5, "value of %zu bytes: byte %zu of the buffer was written", len, i);
+    }
+    mmipc_region_close(r);
+}
+END_TEST
+
 START_TEST(test_keys)
 {
     mmipc_region *r = th_region("keys.mmipc", 1 << 20);
@@ -2237,6 +2265,7 @@ Suite *make_kv_suite(void)
     tcase_set_timeout(tc, 20);
     tcase_add_test(tc, test_create_open);
     tcase_add_test(tc, test_put_get);
+    tcase_add_test(tc, test_value_lengths);
     tcase_add_test(tc, test_keys);
     tcase_add_test(tc, test_full);
     tcase_add_test(tc, test_versions);

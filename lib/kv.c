@@ -2,10 +2,12 @@
  * kv tables: fixed slots, string keys, versioned values, crash-safe.
  *
  * Open addressing with linear probing.  Each slot has one word (in a compact
- * array of words) and a body of two halves (copies of key + value).  Writers
- * serialise on the table lock, fill the INACTIVE half and publish it with one
- * release store of the word, which carries a change count, a tag of the key's
- * hash, the active half and the slot state (EMPTY, LIVE, TOMB).
+ * array of words) and a body: the key once, and two halves (copies of the
+ * value with its length and version), each value in lines of its own so a
+ * get reads the key's line and one value's.  Writers serialise on the table
+ * lock, fill the INACTIVE half and publish it with one release store of the
+ * word, which carries a change count, a tag of the key's hash, the active
+ * half and the slot state (EMPTY, LIVE, TOMB).
  * Consequences:
  *   - a writer killed at any instant leaves the active half untouched: the
  *     key holds the old value or the new one, never a torn one, and there is
@@ -13,6 +15,8 @@
  *   - readers take no lock: load word, copy the active half, load word again;
  *     equal words mean the copy is exact (a writer can only touch that half
  *     after a publish, which changes the word);
+ *   - the key is written only while the slot is EMPTY or TOMB (an insert),
+ *     which readers skip; one that read the slot LIVE sees its word change;
  *   - the word carries a 16-bit tag of the key's hash, so a probe chain is
  *     walked in the word array and only a slot whose tag matches has its
  *     body read: a get on a large table costs one cache miss into the
@@ -41,22 +45,35 @@ struct mmipc_kv {
     uint64_t *words;
     uint8_t *slots;
     uint32_t nslots;
-    uint64_t value_max, half_size, slot_size;
+    uint64_t value_max, val_off, val_stride, slot_size;
+    uint64_t prefetch_end; /* a lookup asks for the body's lines up to here (values: at most 6 lines) */
 };
 
 struct geometry {
     uint32_t nslots;
-    uint64_t value_max, half_size, slot_size, slots_off, total;
+    uint64_t value_max, val_off, val_stride, slot_size, slots_off, total;
 };
 
 static void geometry_of(uint32_t nslots, uint64_t value_max, struct geometry *g)
 {
     g->nslots = nslots;
     g->value_max = value_max;
-    g->half_size = sizeof(struct mmipc__kv_half) + mmipc__round_up(value_max, 8);
-    g->slot_size = mmipc__round_up(2 * g->half_size, MMIPC__LINE);
+    g->val_off = MMIPC__KV_VAL_OFF(value_max);
+    g->val_stride = MMIPC__KV_VAL_STRIDE(value_max);
+    g->slot_size = mmipc__round_up(g->val_off + 2 * g->val_stride, MMIPC__LINE);
     g->slots_off = mmipc__round_up(MMIPC__KV_WORDS_OFF + (uint64_t)nslots * sizeof(uint64_t), MMIPC__LINE);
     g->total = g->slots_off + (uint64_t)nslots * g->slot_size;
+}
+
+/* Where a lookup stops asking for a body's value lines: both values, up to
+ * 6 lines in all (small values share line 1 with the key's tail, asked for
+ * anyway). */
+static uint64_t prefetch_end_of(const struct geometry *g)
+{
+    if (g->val_off < 2 * MMIPC__LINE)
+        return 0;
+    uint64_t end = g->val_off + 6 * MMIPC__LINE;
+    return end < g->slot_size ? end : g->slot_size;
 }
 
 static int kv_geometry(const uint8_t *obj, uint64_t size, struct geometry *g)
@@ -133,9 +150,14 @@ static uint64_t *word_of(mmipc_kv *kv, uint32_t i)
     return kv->words + i;
 }
 
-static struct mmipc__kv_half *half_of(mmipc_kv *kv, uint32_t i, unsigned which)
+static struct mmipc__kv_body *body_of(mmipc_kv *kv, uint32_t i)
 {
-    return (struct mmipc__kv_half *)(kv->slots + (uint64_t)i * kv->slot_size + which * kv->half_size);
+    return (struct mmipc__kv_body *)(kv->slots + (uint64_t)i * kv->slot_size);
+}
+
+static uint8_t *value_of(mmipc_kv *kv, struct mmipc__kv_body *b, unsigned which)
+{
+    return (uint8_t *)b + kv->val_off + which * kv->val_stride;
 }
 
 /* ---------------------------------------------------------------- reading */
@@ -173,10 +195,13 @@ static inline void copy_value(void *dst, const void *src, size_t n)
 /* Ask for slot i's body (both halves, up to 8 lines) at once: header, key
  * and value are otherwise read one after the other, each miss queueing
  * behind the last. */
-static void prefetch_body(mmipc_kv *kv, uint32_t i)
+static void prefetch_body(mmipc_kv *kv, uint32_t i, size_t klen)
 {
-    const uint8_t *body = (const uint8_t *)half_of(kv, i, 0);
-    for (uint64_t off = 0; off < kv->slot_size && off < 8 * MMIPC__LINE; off += MMIPC__LINE)
+    const uint8_t *body = (const uint8_t *)body_of(kv, i);
+    mmipc__prefetch_read(body);
+    if (klen > 32 || kv->val_off < 2 * MMIPC__LINE)
+        mmipc__prefetch_read(body + MMIPC__LINE);
+    for (uint64_t off = kv->val_off; off < kv->prefetch_end; off += MMIPC__LINE)
         mmipc__prefetch_read(body + off);
 }
 
@@ -214,29 +239,31 @@ static int snap_slot(mmipc_kv *kv, uint32_t i, uint64_t w1, const char *want_key
             return SNAP_OK;
         if (s->state != MMIPC__KV_LIVE && s->state != MMIPC__KV_TOMB)
             return SNAP_BAD;
-        struct mmipc__kv_half *hf = half_of(kv, i, MMIPC__KV_WORD_HALF(w1));
-        s->version = mmipc__load_relaxed(&hf->version);
-        s->val_len = mmipc__load_relaxed(&hf->val_len);
-        s->key_len = mmipc__load_relaxed(&hf->key_len);
-        s->hash = mmipc__load_relaxed(&hf->hash);
+        struct mmipc__kv_body *b = body_of(kv, i);
+        unsigned half = MMIPC__KV_WORD_HALF(w1);
+        const uint8_t *val = value_of(kv, b, half);
+        s->version = mmipc__load_relaxed(&b->version[half]);
+        s->val_len = mmipc__load_relaxed(&b->val_len[half]);
+        s->key_len = mmipc__load_relaxed(&b->key_len);
+        s->hash = mmipc__load_relaxed(&b->hash);
         if (s->state == MMIPC__KV_LIVE) {
             if (s->key_len == 0 || s->key_len > MMIPC_KEY_MAX || s->val_len > kv->value_max)
                 bad = 1;
             else if (want_key != NULL) {
                 /* Compare in place: most slots of a probe chain differ in
                  * length or hash and cost nothing more. */
-                int same = s->key_len == want_len && memcmp(hf->key, want_key, want_len) == 0;
+                int same = s->key_len == want_len && memcmp(b->key, want_key, want_len) == 0;
                 *match = same && s->hash == want_hash;
                 bad = same && !*match; /* right key, wrong hash: scribbled */
                 if (*match && buf != NULL && s->val_len <= cap && s->val_len != 0)
-                    memcpy(buf, (const uint8_t *)hf + sizeof *hf, s->val_len);
+                    memcpy(buf, val, s->val_len);
             } else {
-                memcpy(s->key, hf->key, s->key_len);
+                memcpy(s->key, b->key, s->key_len);
                 s->key[s->key_len] = '\0';
                 if (memchr(s->key, '\0', s->key_len) != NULL)
                     bad = 1; /* a NUL inside the key: not a key we could have written */
                 if (all_values && buf != NULL && s->val_len <= cap && s->val_len != 0)
-                    memcpy(buf, (const uint8_t *)hf + sizeof *hf, s->val_len);
+                    memcpy(buf, val, s->val_len);
             }
         }
         mmipc__fence_acquire();
@@ -266,7 +293,7 @@ static int64_t lookup(mmipc_kv *kv, const char *key, size_t klen, uint32_t hash,
      * loads, so that in a big table the two misses overlap instead of
      * queueing one behind the other. */
     uint32_t home = i;
-    prefetch_body(kv, i);
+    prefetch_body(kv, i, klen);
     for (uint32_t n = 0; n < kv->nslots; n++, i = next_slot(i, kv->nslots)) {
         uint64_t w = mmipc__load_acquire(word_of(kv, i));
         uint32_t state = MMIPC__KV_WORD_STATE(w);
@@ -275,7 +302,7 @@ static int64_t lookup(mmipc_kv *kv, const char *key, size_t klen, uint32_t hash,
         int match = 0;
         if (state == MMIPC__KV_LIVE) {
             if (i != home)
-                prefetch_body(kv, i);
+                prefetch_body(kv, i, klen);
             int rc = snap_slot(kv, i, w, key, klen, hash, buf, cap, 0, stable, s, &match);
             if (rc != SNAP_OK)
                 return rc;
@@ -348,7 +375,7 @@ static int64_t get_fast(mmipc_kv *kv, const char *key, size_t klen, uint32_t has
 {
     uint32_t tag = MMIPC__KV_TAG_OF(hash), nslots = kv->nslots;
     uint32_t i = home_of(hash, nslots);
-    prefetch_body(kv, i);
+    prefetch_body(kv, i, klen);
     for (uint32_t n = 0; n < nslots; n++, i = next_slot(i, nslots)) {
         const uint64_t *wp = word_of(kv, i);
         uint64_t w = mmipc__load_acquire(wp);
@@ -359,16 +386,17 @@ static int64_t get_fast(mmipc_kv *kv, const char *key, size_t klen, uint32_t has
             continue; /* another key's slot: its body stays out of the cache */
         if (state != MMIPC__KV_LIVE)
             return GET_SLOW; /* not a state we write: the full lookup reports it */
-        const struct mmipc__kv_half *hf = half_of(kv, i, MMIPC__KV_WORD_HALF(w));
-        uint32_t key_len = mmipc__load_relaxed(&hf->key_len), val_len = mmipc__load_relaxed(&hf->val_len);
-        uint32_t h = mmipc__load_relaxed(&hf->hash);
-        uint64_t v = mmipc__load_relaxed(&hf->version);
-        if (key_len != klen || h != hash || memcmp(hf->key, key, klen) != 0)
+        struct mmipc__kv_body *b = body_of(kv, i);
+        unsigned half = MMIPC__KV_WORD_HALF(w);
+        uint32_t key_len = mmipc__load_relaxed(&b->key_len), val_len = mmipc__load_relaxed(&b->val_len[half]);
+        uint32_t h = mmipc__load_relaxed(&b->hash);
+        uint64_t v = mmipc__load_relaxed(&b->version[half]);
+        if (key_len != klen || h != hash || memcmp(b->key, key, klen) != 0)
             return GET_SLOW; /* a tag collision, or a torn or scribbled slot */
         if (val_len > kv->value_max)
             return GET_SLOW;
         if (val_len <= cap)
-            copy_value(buf, (const uint8_t *)hf + sizeof *hf, val_len);
+            copy_value(buf, value_of(kv, b, half), val_len);
         mmipc__fence_acquire();
         if (mmipc__load_relaxed(wp) != w)
             return GET_SLOW;
@@ -430,22 +458,31 @@ static uint64_t next_version(mmipc_kv *kv)
     return v;
 }
 
-/* Write the inactive half of slot i and publish it with one store. */
+/*
+ * Write the inactive half of slot i and publish it with one store.  The key
+ * is kept once per slot, for both halves: it is written only while the slot
+ * is not LIVE (an insert into an EMPTY or TOMB slot), which readers skip, so
+ * a reader can never take a half-written key for a key; one that read the
+ * slot while it was LIVE with the key before sees the word change.  When
+ * the slot is LIVE it already holds this key (the caller found it there).
+ */
 static void publish(mmipc_kv *kv, uint32_t i, uint32_t state, uint64_t version, const char *key, size_t klen,
                     uint32_t hash, const void *val, size_t len)
 {
     uint64_t *wp = word_of(kv, i);
     uint64_t w = mmipc__load_relaxed(wp);
     unsigned next = MMIPC__KV_WORD_HALF(w) ^ 1u;
-    struct mmipc__kv_half *hf = half_of(kv, i, next);
-    mmipc__store_relaxed(&hf->version, version);
-    mmipc__store_relaxed(&hf->val_len, (uint32_t)len);
-    mmipc__store_relaxed(&hf->hash, hash);
-    mmipc__store_relaxed(&hf->key_len, (uint32_t)klen);
-    memset(hf->key, 0, sizeof hf->key);
-    memcpy(hf->key, key, klen);
+    struct mmipc__kv_body *b = body_of(kv, i);
+    if (MMIPC__KV_WORD_STATE(w) != MMIPC__KV_LIVE) {
+        mmipc__store_relaxed(&b->hash, hash);
+        mmipc__store_relaxed(&b->key_len, (uint32_t)klen);
+        memset(b->key, 0, sizeof b->key);
+        memcpy(b->key, key, klen);
+    }
+    mmipc__store_relaxed(&b->version[next], version);
+    mmipc__store_relaxed(&b->val_len[next], (uint32_t)len);
     if (len != 0)
-        memcpy((uint8_t *)hf + sizeof *hf, val, len);
+        memcpy(value_of(kv, b, next), val, len);
     mmipc__store_release(wp, MMIPC__KV_WORD(MMIPC__KV_WORD_COUNT(w) + 1, MMIPC__KV_TAG_OF(hash), next, state));
 }
 
@@ -681,8 +718,10 @@ static int kv_handle(mmipc_region *r, uint64_t off, uint64_t size, mmipc_kv **ou
     kv->slots = r->base + off + g.slots_off;
     kv->nslots = g.nslots;
     kv->value_max = g.value_max;
-    kv->half_size = g.half_size;
+    kv->val_off = g.val_off;
+    kv->val_stride = g.val_stride;
     kv->slot_size = g.slot_size;
+    kv->prefetch_end = prefetch_end_of(&g);
     mmipc__track(r, &kv->h);
     *out = kv;
     return 0;
@@ -741,7 +780,8 @@ int mmipc__kv_check(mmipc_region *r, const char *name, uint8_t *obj, uint64_t si
     kv.slots = obj + g.slots_off;
     kv.nslots = g.nslots;
     kv.value_max = g.value_max;
-    kv.half_size = g.half_size;
+    kv.val_off = g.val_off;
+    kv.val_stride = g.val_stride;
     kv.slot_size = g.slot_size;
     uint64_t last = mmipc__load_relaxed(&kv.t->next_version);
     for (uint32_t i = 0; i < g.nslots && problems < 20; i++) {

@@ -23,7 +23,7 @@
 
 #define MMIPC__MAGIC "MMIPCv1\n"
 #define MMIPC__MAGIC_LEN 8
-#define MMIPC__FORMAT_MAJOR 3u /* 3: producers count tail stores in plock.aux.word */
+#define MMIPC__FORMAT_MAJOR 4u /* 4: a kv slot keeps its key once, each half's value in lines of its own */
 #define MMIPC__FORMAT_MINOR 0u
 #define MMIPC__BOM UINT64_C(0x0102030405060708)
 #define MMIPC__HDR_SIZE 4096u
@@ -201,11 +201,18 @@ _Static_assert(sizeof(struct mmipc__ring) == 448, "ring size");
 #define MMIPC__KV_MAX_VALUE (UINT64_C(1) << 30)
 
 /* A kv object is: the header below, then one 64-bit word per slot (the word
- * array), then the slot bodies.  A body holds two copies ("halves") of its
- * key + value.  A writer fills the inactive half and then publishes it with
- * one release store of the slot's word, so a writer killed at any instant
- * leaves the active half intact and readers never need a repair.  Readers
- * check the word before and after copying.
+ * array), then the slot bodies.  A body (struct mmipc__kv_body) holds the
+ * key once and two copies ("halves") of the value, each with its length and
+ * version.  A writer fills the inactive half and then publishes it with one
+ * release store of the slot's word, so a writer killed at any instant
+ * leaves the active half intact and readers never need a repair.  The key
+ * is written only while the slot is not LIVE.  Readers check the word
+ * before and after copying.
+ *
+ * Format 4 keeps each value in 64-byte lines of its own from byte 128 of
+ * the body (both values from byte 96 when value_max <= 16), so a get on a
+ * short key reads two of the body's lines: 256 bytes a slot for 64-byte
+ * values, where format 3's two copies of key + value took 320.
  *
  * The words sit apart from the bodies so that a probe chain is walked in one
  * or two cache lines: the word carries a 16-bit tag of the key's hash, and a
@@ -225,16 +232,19 @@ _Static_assert(sizeof(struct mmipc__ring) == 448, "ring size");
  * a tag match without a key match (an extra body read) more likely. */
 #define MMIPC__KV_TAG_OF(hash) ((uint32_t)(hash)&0xffffu)
 
-struct mmipc__kv_half {
-    uint64_t version; /* 0 */
-    uint32_t val_len; /* 8 */
-    uint32_t hash;    /* 12 hash of the key (a filter; the key is compared too) */
-    uint32_t key_len; /* 16 */
-    uint32_t reserved;
-    char key[64]; /* 24 key_len bytes, NUL-padded */
-    /* 88: value_max bytes, rounded up to 8 */
+struct mmipc__kv_body {
+    uint64_t version[2]; /* 0  each half's version */
+    uint32_t val_len[2]; /* 16 each half's value length */
+    uint32_t hash;       /* 24 hash of the key (a filter; the key is compared too) */
+    uint32_t key_len;    /* 28 */
+    char key[64];        /* 32 key_len bytes, NUL-padded */
+    /* 96: MMIPC__KV_VAL_OFF: the values of half 0 and half 1, MMIPC__KV_VAL_STRIDE apart */
 };
-_Static_assert(sizeof(struct mmipc__kv_half) == 88, "kv half");
+_Static_assert(sizeof(struct mmipc__kv_body) == 96, "kv body");
+#define MMIPC__KV_SMALL_VALUE 16u
+#define MMIPC__KV_VAL_OFF(vmax) ((vmax) <= MMIPC__KV_SMALL_VALUE ? 96u : 128u)
+#define MMIPC__KV_VAL_STRIDE(vmax)                                                                                     \
+    ((vmax) <= MMIPC__KV_SMALL_VALUE ? (((vmax) + 7u) & ~(uint64_t)7u) : (((vmax) + 63u) & ~(uint64_t)63u))
 
 struct mmipc__kv {
     /* line 0: constant after creation */

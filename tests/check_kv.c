@@ -310,28 +310,39 @@ START_TEST(test_put_get)
 END_TEST
 
 /* Every value length through the get's own small copy (0, 1-3, 4-7, 8-15,
- * 16-64 bytes) and past it (libc's memcpy from 65 on): the exact bytes
- * arrive, and nothing is written past them, into a heap buffer of exactly
- * that size (ASan) or before a canary. */
+ * 16-64 bytes) and past it (libc's memcpy from 65 on), in tables whose
+ * values share a line with the key (value_max <= 16) or have lines of their
+ * own: the exact bytes arrive, over both halves of the slot, and nothing is
+ * written past them, into a heap buffer of exactly that size (ASan) or
+ * before a canary. */
 START_TEST(test_value_lengths)
 {
+    static const size_t vmaxes[] = {0, 1, 8, 16, 17, 64, 65, 200};
     mmipc_region *r = th_region("vl.mmipc", 1 << 20);
-    mmipc_kv *kv = kv_new(r, "vl", 16, 200);
     unsigned char val[200], out[200 + 16];
-    for (size_t len = 0; len <= 200; len = len < 130 ? len + 1 : len + 35) {
-        for (size_t i = 0; i < len; i++)
-            val[i] = (unsigned char)(len * 31 + i * 7 + 1);
-        ck_assert_int_eq(mmipc_kv_put(kv, "k", val, len), 0);
-        unsigned char *exact = malloc(len ? len : 1);
-        ck_assert_ptr_nonnull(exact);
-        ck_assert_int_eq(mmipc_kv_get(kv, "k", exact, len, NULL), (ssize_t)len);
-        ck_assert_mem_eq(exact, val, len);
-        free(exact);
-        memset(out, 0xa5, sizeof out);
-        ck_assert_int_eq(mmipc_kv_get(kv, "k", out, sizeof out, NULL), (ssize_t)len);
-        ck_assert_mem_eq(out, val, len);
-        for (size_t i = len; i < sizeof out; i++)
-            ck_assert_msg(out[i] == 0xa5, "value of %zu bytes: byte %zu of the buffer was written", len, i);
+    for (size_t t = 0; t < sizeof vmaxes / sizeof vmaxes[0]; t++) {
+        char name[16];
+        snprintf(name, sizeof name, "vl%zu", vmaxes[t]);
+        mmipc_kv *kv = kv_new(r, name, 16, vmaxes[t]);
+        for (size_t len = 0; len <= vmaxes[t]; len = len < 130 ? len + 1 : len + 35) {
+            for (size_t i = 0; i < len; i++)
+                val[i] = (unsigned char)(len * 31 + i * 7 + t + 1);
+            ck_assert_int_eq(mmipc_kv_put(kv, "k", val, len), 0);
+            ck_assert_int_eq(mmipc_kv_put(kv, "key-of-more-than-32-bytes-----------", val, len), 0);
+            unsigned char *exact = malloc(len ? len : 1);
+            ck_assert_ptr_nonnull(exact);
+            ck_assert_int_eq(mmipc_kv_get(kv, "k", exact, len, NULL), (ssize_t)len);
+            ck_assert_mem_eq(exact, val, len);
+            free(exact);
+            memset(out, 0xa5, sizeof out);
+            ck_assert_int_eq(mmipc_kv_get(kv, "key-of-more-than-32-bytes-----------", out, sizeof out, NULL),
+                             (ssize_t)len);
+            ck_assert_mem_eq(out, val, len);
+            for (size_t i = len; i < sizeof out; i++)
+                ck_assert_msg(out[i] == 0xa5, "value of %zu bytes: byte %zu of the buffer was written", len, i);
+        }
+        if (vmaxes[t] != 0)
+            ck_assert_int_eq(mmipc_kv_put(kv, "k", val, vmaxes[t] + 1), -EMSGSIZE);
     }
     mmipc_region_close(r);
 }
@@ -1899,14 +1910,14 @@ static void c_exercise(struct cctx *x, mmipc_kv *kv)
 struct cgeom {
     uint64_t *words;
     uint8_t *slot0;
-    uint64_t slot_size, half_size;
+    uint64_t slot_size, val_off, val_stride;
     void *map; /* the whole file, mapped by c_map_table */
     size_t maplen;
 };
 
-static struct mmipc__kv_half *c_half(const struct cgeom *g, unsigned slot, unsigned which)
+static struct mmipc__kv_body *c_body(const struct cgeom *g, unsigned slot)
 {
-    return (struct mmipc__kv_half *)(g->slot0 + slot * g->slot_size + which * g->half_size);
+    return (struct mmipc__kv_body *)(g->slot0 + slot * g->slot_size);
 }
 
 /* Map the kv object `name` of the region at path (open in r) and check that
@@ -1941,11 +1952,12 @@ static uint8_t *c_map_table(mmipc_region *r, const char *path, const char *name,
     g->words = (uint64_t *)(obj + MMIPC__KV_WORDS_OFF);
     g->slot0 = obj + t->slots_off;
     g->slot_size = t->slot_size;
-    g->half_size = sizeof(struct mmipc__kv_half) + ((vmax + 7u) & ~(uint64_t)7);
+    g->val_off = vmax <= 16 ? 96 : 128;
+    g->val_stride = vmax <= 16 ? (vmax + 7u) & ~(uint64_t)7 : (vmax + 63u) & ~(uint64_t)63;
     uint64_t words_end = (MMIPC__KV_WORDS_OFF + slots * 8u + 63u) & ~(uint64_t)63;
     if (t->magic != MMIPC__KV_MAGIC || t->slots != slots || t->value_max != vmax ||
-        t->words_off != MMIPC__KV_WORDS_OFF || t->slots_off != words_end || g->slot_size < 2 * g->half_size ||
-        t->slots_off + slots * g->slot_size > f.size) {
+        t->words_off != MMIPC__KV_WORDS_OFF || t->slots_off != words_end ||
+        g->slot_size < g->val_off + 2 * g->val_stride || t->slots_off + slots * g->slot_size > f.size) {
         snprintf(why, whylen, "the table does not look like layout.h says");
         munmap(base, g->maplen);
         return NULL;
@@ -1960,8 +1972,8 @@ static unsigned c_find_live(const struct cgeom *g, unsigned slots, const char *k
     size_t klen = strlen(key);
     for (unsigned i = 0; i < slots; i++) {
         uint64_t w = __atomic_load_n(&g->words[i], __ATOMIC_ACQUIRE);
-        const struct mmipc__kv_half *h = c_half(g, i, MMIPC__KV_WORD_HALF(w));
-        if (MMIPC__KV_WORD_STATE(w) == MMIPC__KV_LIVE && h->key_len == klen && memcmp(h->key, key, klen + 1) == 0)
+        const struct mmipc__kv_body *b = c_body(g, i);
+        if (MMIPC__KV_WORD_STATE(w) == MMIPC__KV_LIVE && b->key_len == klen && memcmp(b->key, key, klen + 1) == 0)
             return i;
     }
     return slots;
@@ -1973,26 +1985,25 @@ static void c_scribble(const struct cjob *j, uint8_t *obj, uint64_t objsize, con
     uint64_t *wordp = &g->words[target];
     uint64_t word = __atomic_load_n(wordp, __ATOMIC_ACQUIRE);
     unsigned act = MMIPC__KV_WORD_HALF(word);
-    struct mmipc__kv_half *h = c_half(g, target, act);
-    struct mmipc__kv_half *ih = c_half(g, target, 1 - act);
+    struct mmipc__kv_body *b = c_body(g, target);
     uint64_t rs = j->seed, v = j->c.val;
 
     switch (j->c.tgt) {
     case C_VAL_LEN:
-        h->val_len = (uint32_t)v;
+        b->val_len[act] = (uint32_t)v;
         break;
     case C_KEY_LEN:
-        h->key_len = (uint32_t)v;
+        b->key_len = (uint32_t)v;
         break;
     case C_KEY_NONUL:
-        memset(h->key, 'Z', sizeof h->key);
-        h->key_len = (uint32_t)v;
+        memset(b->key, 'Z', sizeof b->key);
+        b->key_len = (uint32_t)v;
         break;
     case C_HASH:
-        h->hash = (uint32_t)v;
+        b->hash = (uint32_t)v;
         break;
     case C_VERSION:
-        h->version = v;
+        b->version[act] = v;
         break;
     case C_WORD: {
         uint64_t nw = word;
@@ -2023,7 +2034,7 @@ static void c_scribble(const struct cjob *j, uint8_t *obj, uint64_t objsize, con
         break;
     }
     case C_INACTIVE_LEN:
-        ih->val_len = (uint32_t)v;
+        b->val_len[1 - act] = (uint32_t)v;
         break;
     case C_NEXT_VERSION:
         t->next_version = v;
@@ -2034,29 +2045,30 @@ static void c_scribble(const struct cjob *j, uint8_t *obj, uint64_t objsize, con
     case C_RANDOM_META: {
         static const uint64_t vals[] = {0, 1, 2, 3, 62, 63, 64, 65, C_VMAX, C_VMAX + 1, 0x7fffffff, 0xffffffff};
         unsigned si = (unsigned)(th_rand(&rs) % C_SLOTS);
-        struct mmipc__kv_half *rh = c_half(g, si, (unsigned)(th_rand(&rs) % 2));
+        struct mmipc__kv_body *rb = c_body(g, si);
+        unsigned rhalf = (unsigned)(th_rand(&rs) % 2);
         uint64_t x = th_rand(&rs) % 3 ? vals[th_rand(&rs) % (sizeof vals / sizeof vals[0])] : th_rand(&rs);
         switch (th_rand(&rs) % 7) {
         case 0:
             g->words[si] = x;
             break;
         case 1:
-            rh->val_len = (uint32_t)x;
+            rb->val_len[rhalf] = (uint32_t)x;
             break;
         case 2:
-            rh->key_len = (uint32_t)x;
+            rb->key_len = (uint32_t)x;
             break;
         case 3:
-            rh->hash = (uint32_t)x;
+            rb->hash = (uint32_t)x;
             break;
         case 4:
-            rh->version = x;
+            rb->version[rhalf] = x;
             break;
         case 5:
-            rh->key[th_rand(&rs) % sizeof rh->key] = (char)x;
+            rb->key[th_rand(&rs) % sizeof rb->key] = (char)x;
             break;
         default:
-            rh->key[0] = '\0';
+            rb->key[0] = '\0';
             break;
         }
         break;
@@ -2237,7 +2249,7 @@ START_TEST(test_tag_mismatch)
     unsigned at = c_find_live(&g, 8, "alpha");
     ck_assert_uint_lt(at, 8);
     uint64_t w = g.words[at];
-    ck_assert_uint_eq(MMIPC__KV_WORD_TAG(w), MMIPC__KV_TAG_OF(c_half(&g, at, MMIPC__KV_WORD_HALF(w))->hash));
+    ck_assert_uint_eq(MMIPC__KV_WORD_TAG(w), MMIPC__KV_TAG_OF(c_body(&g, at)->hash));
     __atomic_store_n(&g.words[at], w ^ MMIPC__KV_WORD(0, 0x8001, 0, 0), __ATOMIC_RELEASE);
 
     ck_assert_int_eq(mmipc_kv_get(kv, "alpha", buf, sizeof buf, NULL), -ENOENT);

@@ -198,7 +198,7 @@ check "--mode sets the permission bits" sh -c 'ls -l "$1" | grep -q "^-rw-r-----
 
 # ------------------------------------------------------------ stat
 expect 0 "stat" mm stat "$F"
-check "stat shows the format" grep -q '^  format  *3\.' "$T/out"
+check "stat shows the format" grep -q '^  format  *4\.' "$T/out"
 check "stat shows a human-readable size" has "$T/out" "2.0 MiB (2097152 bytes)"
 check "stat lists the ring" grep -q "^  $Q  *64.0 KiB" "$T/out"
 check "stat lists the kv table" grep -q '^  cfg  *64 ' "$T/out"

@@ -94,7 +94,7 @@ static int kv_geometry(const uint8_t *obj, uint64_t size, struct geometry *g)
     return 0;
 }
 
-/* Part of the format (stored in each half, tag in the word): 8 bytes at a
+/* Part of the format (stored in each body, tag in the word): 8 bytes at a
  * time, multiply and fold; each step is a bijection of the state, so keys
  * of one length that differ in one chunk always hash apart before the
  * final mix. */
@@ -192,9 +192,12 @@ static inline void copy_value(void *dst, const void *src, size_t n)
     }
 }
 
-/* Ask for slot i's body (both halves, up to 8 lines) at once: header, key
- * and value are otherwise read one after the other, each miss queueing
- * behind the last. */
+/* Ask at once for the lines of slot i's body that a lookup of a klen-byte
+ * key reads: line 0 (lengths, versions and the key's first 32 bytes), line 1
+ * if the key is longer or the values live there (value_max <= 16), and both
+ * values' lines (up to 6), since only the word says which value is active.
+ * They are otherwise read one after the other, each miss queueing behind
+ * the last. */
 static void prefetch_body(mmipc_kv *kv, uint32_t i, size_t klen)
 {
     const uint8_t *body = (const uint8_t *)body_of(kv, i);
@@ -247,7 +250,9 @@ static int snap_slot(mmipc_kv *kv, uint32_t i, uint64_t w1, const char *want_key
         s->key_len = mmipc__load_relaxed(&b->key_len);
         s->hash = mmipc__load_relaxed(&b->hash);
         if (s->state == MMIPC__KV_LIVE) {
-            if (s->key_len == 0 || s->key_len > MMIPC_KEY_MAX || s->val_len > kv->value_max)
+            /* Version 0 is never handed out: a LIVE word pointing at a
+             * half nobody wrote. */
+            if (s->key_len == 0 || s->key_len > MMIPC_KEY_MAX || s->val_len > kv->value_max || s->version == 0)
                 bad = 1;
             else if (want_key != NULL) {
                 /* Compare in place: most slots of a probe chain differ in
@@ -393,7 +398,7 @@ static int64_t get_fast(mmipc_kv *kv, const char *key, size_t klen, uint32_t has
         uint64_t v = mmipc__load_relaxed(&b->version[half]);
         if (key_len != klen || h != hash || memcmp(b->key, key, klen) != 0)
             return GET_SLOW; /* a tag collision, or a torn or scribbled slot */
-        if (val_len > kv->value_max)
+        if (val_len > kv->value_max || v == 0)
             return GET_SLOW;
         if (val_len <= cap)
             copy_value(buf, value_of(kv, b, half), val_len);
@@ -791,7 +796,7 @@ int mmipc__kv_check(mmipc_region *r, const char *name, uint8_t *obj, uint64_t si
         if (rc == SNAP_BUSY)
             continue;
         if (rc != SNAP_OK) {
-            mmipc__report(fn, arg, name, "slot %u is corrupt (state, key length or value length)", i);
+            mmipc__report(fn, arg, name, "slot %u is corrupt (state, key length, value length or version)", i);
             problems++;
             continue;
         }

@@ -251,7 +251,7 @@ struct mmipc__kv {
     uint32_t magic;     /* 0 */
     uint32_t slots;     /* 4 */
     uint64_t value_max; /* 8 */
-    uint64_t slot_size; /* 16 bytes per slot body: two halves, 64-aligned */
+    uint64_t slot_size; /* 16 bytes per slot body: key, then both values (MMIPC__KV_VAL_OFF), 64-aligned */
     uint64_t slots_off; /* 24 bodies, from the start of this struct: words_off + slots*8, 64-aligned */
     uint64_t words_off; /* 32 the word array, from the start of this struct: always 256 */
     uint8_t pad0[24];

@@ -2310,27 +2310,35 @@ START_TEST(test_corrupt_random)
 }
 END_TEST
 
+/* For the white-box cases below: a fresh region file `name` holding kv table
+ * "t" (8 slots, values up to 16 bytes), also mapped by hand into *g. */
+static mmipc_kv *wb_table(const char *name, mmipc_region **r, struct cgeom *g)
+{
+    const char *path = th_path(name);
+    struct mmipc_region_opts o = {.size = 256 * 1024};
+    mmipc_kv *kv;
+    uint64_t objsize;
+    char why[200];
+    ck_assert_int_eq(mmipc_region_open(path, MMIPC_CREATE | MMIPC_EXCL, &o, r), 0);
+    ck_assert_int_eq(mmipc_kv_create(*r, "t", 8, 16, &kv), 0);
+    ck_assert_msg(c_map_table(*r, path, "t", 8, 16, g, &objsize, why, sizeof why) != NULL, "%s", why);
+    return kv;
+}
+
 /* A word whose tag disagrees with its key: lookups skip that slot without
  * reading it (the tag is a filter), so the key reads as absent, a put
  * stores it afresh, and mmipc_region_check names the slot. */
 START_TEST(test_tag_mismatch)
 {
-    const char *path = th_path("tag.mmipc");
-    struct mmipc_region_opts o = {.size = 256 * 1024};
     mmipc_region *r;
-    mmipc_kv *kv;
+    struct cgeom g;
+    mmipc_kv *kv = wb_table("tag.mmipc", &r, &g);
     char buf[16];
-    ck_assert_int_eq(mmipc_region_open(path, MMIPC_CREATE | MMIPC_EXCL, &o, &r), 0);
-    ck_assert_int_eq(mmipc_kv_create(r, "t", 8, 16, &kv), 0);
     ck_assert_int_eq(mmipc_kv_put(kv, "alpha", "one", 3), 0);
     ck_assert_int_eq(mmipc_kv_put(kv, "beta", "two", 3), 0);
     struct problems p = {0, ""};
     ck_assert_int_eq(mmipc_region_check(r, problem_fn, &p), 0);
 
-    struct cgeom g;
-    uint64_t objsize;
-    char why[200];
-    ck_assert_msg(c_map_table(r, path, "t", 8, 16, &g, &objsize, why, sizeof why) != NULL, "%s", why);
     unsigned at = c_find_live(&g, 8, "alpha");
     ck_assert_uint_lt(at, 8);
     uint64_t w = g.words[at];
@@ -2358,20 +2366,12 @@ END_TEST
  * it. */
 START_TEST(test_killed_insert)
 {
-    const char *path = th_path("kins.mmipc");
-    struct mmipc_region_opts o = {.size = 256 * 1024};
     mmipc_region *r;
-    mmipc_kv *kv;
+    struct cgeom g;
+    mmipc_kv *kv = wb_table("kins.mmipc", &r, &g);
     char buf[16];
-    ck_assert_int_eq(mmipc_region_open(path, MMIPC_CREATE | MMIPC_EXCL, &o, &r), 0);
-    ck_assert_int_eq(mmipc_kv_create(r, "t", 8, 16, &kv), 0);
     ck_assert_int_eq(mmipc_kv_put(kv, "beta", "two", 3), 0);
     ck_assert_int_eq(mmipc_kv_put(kv, "gamma", "one", 3), 0);
-
-    struct cgeom g;
-    uint64_t objsize;
-    char why[200];
-    ck_assert_msg(c_map_table(r, path, "t", 8, 16, &g, &objsize, why, sizeof why) != NULL, "%s", why);
     unsigned at = c_find_live(&g, 8, "gamma");
     ck_assert_uint_lt(at, 8);
     ck_assert_int_eq(mmipc_kv_del(kv, "gamma"), 0);
@@ -2414,19 +2414,11 @@ END_TEST
  * corrupt: the get says so instead of returning an empty value. */
 START_TEST(test_other_half_unwritten)
 {
-    const char *path = th_path("ohalf.mmipc");
-    struct mmipc_region_opts o = {.size = 256 * 1024};
     mmipc_region *r;
-    mmipc_kv *kv;
-    char buf[16];
-    ck_assert_int_eq(mmipc_region_open(path, MMIPC_CREATE | MMIPC_EXCL, &o, &r), 0);
-    ck_assert_int_eq(mmipc_kv_create(r, "t", 8, 16, &kv), 0);
-    ck_assert_int_eq(mmipc_kv_put(kv, "alpha", "one", 3), 0);
-
     struct cgeom g;
-    uint64_t objsize;
-    char why[200];
-    ck_assert_msg(c_map_table(r, path, "t", 8, 16, &g, &objsize, why, sizeof why) != NULL, "%s", why);
+    mmipc_kv *kv = wb_table("ohalf.mmipc", &r, &g);
+    char buf[16];
+    ck_assert_int_eq(mmipc_kv_put(kv, "alpha", "one", 3), 0);
     unsigned at = c_find_live(&g, 8, "alpha");
     ck_assert_uint_lt(at, 8);
     uint64_t w = g.words[at];

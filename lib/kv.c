@@ -202,7 +202,7 @@ static void prefetch_body(mmipc_kv *kv, uint32_t i, size_t klen)
 {
     const uint8_t *body = (const uint8_t *)body_of(kv, i);
     mmipc__prefetch_read(body);
-    if (klen > 32 || kv->val_off < 2 * MMIPC__LINE)
+    if (offsetof(struct mmipc__kv_body, key) + klen > MMIPC__LINE || kv->val_off < 2 * MMIPC__LINE)
         mmipc__prefetch_read(body + MMIPC__LINE);
     for (uint64_t off = kv->val_off; off < kv->prefetch_end; off += MMIPC__LINE)
         mmipc__prefetch_read(body + off);

@@ -22,6 +22,8 @@
  *       counting pass).
  *   W3  4 producers x 4 consumers sharing one queue, 64 B: aggregate msgs/s.
  *   W5  kv table: get and put ops/s, and gets while another process puts.
+ *       A single-process run is pinned to a CPU, the same for both stores in
+ *       a repetition, the CPUs taken in turn.
  *
  * Baselines: pipe, UNIX socketpair (stream), POSIX message queue, single-core
  * memcpy, and "spsc-ring": a bare lock-free single-producer single-consumer

@@ -2358,8 +2358,6 @@ START_TEST(test_tag_mismatch)
 }
 END_TEST
 
-/* ================================================================== suite */
-
 /* A writer killed in the middle of an insert leaves its key in a slot that
  * is not LIVE (format 4 writes the key only then).  Whatever such a body
  * says, gets, foreach and the check skip it, and the next insert rewrites
@@ -2434,6 +2432,8 @@ START_TEST(test_other_half_unwritten)
     mmipc_region_close(r);
 }
 END_TEST
+
+/* ================================================================== suite */
 
 Suite *make_kv_suite(void)
 {

@@ -1012,7 +1012,7 @@ static int pin_one_cpu(int nth)
 static void child_enter(struct child *c)
 {
     c->sysfd = -1;
-    int nth = c->r->pin_cpu ? c->r->pin_cpu : c->r->t->pin;
+    int nth = c->r->pin_cpu > 0 ? c->r->pin_cpu : c->r->t->pin ? 1 : 0; /* t->pin: the first CPU */
     if (nth > 0 && pin_one_cpu(nth) < 0)
         cexit(c, CX_SKIP, "sched_setaffinity: %s", strerror(errno));
     if (c->r->count_syscalls)
